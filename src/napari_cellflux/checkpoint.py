@@ -1,0 +1,191 @@
+"""The project's self-contained model file: one safetensors file that the plugin needs nothing beside.
+
+Layout: tensors ``unet.<parameter name>`` (the weights to sample with, EMA where trained with
+EMA) and ``vocabulary.embeddings`` (V, D); the safetensors header's metadata holds one JSON
+string under ``"cellflux"`` with the architecture, vocabulary names and kind, channels and
+colours, image size, normalisation, sampling defaults, training config and provenance.
+safetensors holds only tensors and strings, so loading a file can never execute code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from . import __version__
+from .atomic import atomic_write_bytes
+from .channels import Channel, describe
+from .model import UNet, UNetConfig
+from .normalization import Normalization
+from .perturbations import Vocabulary
+from .sampling import SamplingConfig
+
+FORMAT = "napari-cellflux"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CellFluxModel:
+    """A velocity network with everything needed to use it on images.
+
+    unet: the network (in eval mode). vocabulary: perturbations it was trained on (possibly
+    empty for a published model converted without its embedding table). channels: one per
+    input channel. image_size: side of the square crops it was trained on, in pixels.
+    sha256: hash of the file it was loaded from ("" for a model built in memory).
+    """
+
+    unet: UNet
+    vocabulary: Vocabulary
+    channels: tuple[Channel, ...]
+    image_size: int
+    normalization: Normalization = field(default_factory=Normalization)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    training: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.channels = tuple(self.channels)
+        if len(self.channels) != cfg.in_channels:
+            raise ValueError(
+                f"the model takes {cfg.in_channels} channels but {describe(self.channels)} were given; "
+                f"name exactly {cfg.in_channels}"
+            )
+        if self.vocabulary.dim != cfg.condition_dim:
+            raise ValueError(
+                f"perturbation embeddings are {self.vocabulary.dim}-d but the model's condition_dim is "
+                f"{cfg.condition_dim}; use the embedding table the model was trained with"
+            )
+        if self.image_size % cfg.downsample_factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by {cfg.downsample_factor} "
+                f"({len(cfg.channel_mult)} UNet levels)"
+            )
+        self.unet.eval()
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.unet.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: str | torch.device) -> "CellFluxModel":
+        self.unet.to(device)
+        return self
+
+    def metadata(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "unet_config": self.config.to_dict(),
+            "vocabulary": self.vocabulary.to_metadata(),
+            "channels": [c.to_dict() for c in self.channels],
+            "image_size": self.image_size,
+            "normalization": self.normalization.to_dict(),
+            "sampling": self.sampling.to_dict(),
+            "training": self.training,
+            "provenance": self.provenance,
+        }
+
+
+def save_model(model: CellFluxModel, path: str | Path) -> str:
+    """Write ``model`` to ``path`` atomically; returns the file's sha256."""
+    tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in model.unet.state_dict().items()}
+    tensors["vocabulary.embeddings"] = model.vocabulary.embeddings.detach().cpu().contiguous()
+    meta = model.metadata()
+    meta["provenance"] = {"napari_cellflux_version": __version__, **model.provenance}
+    data = safetensors_bytes(tensors, metadata={"cellflux": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_own_format(path: str | Path) -> bool:
+    """True if ``path`` starts like a safetensors file (8-byte header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> CellFluxModel:
+    """Read a model written by :func:`save_model` onto ``device``."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable napari-cellflux model file ({err}); it may be truncated: "
+            "download or copy it again"
+        ) from err
+    if "cellflux" not in header:
+        raise ValueError(
+            f"{path} is a safetensors file without napari-cellflux metadata; convert published "
+            "checkpoints with `cellflux convert`"
+        )
+    meta = json.loads(header["cellflux"])
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format {meta.get('format')!r} version {meta.get('format_version')} is not readable "
+            f"by napari-cellflux {__version__}; upgrade napari-cellflux"
+        )
+    config = UNetConfig.from_dict(meta["unet_config"])
+    with torch.device("meta"):
+        unet = UNet(config)
+    weights = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
+    load_weights(unet, weights, source=str(path))
+    model = CellFluxModel(
+        unet=unet,
+        vocabulary=Vocabulary.from_metadata(meta["vocabulary"], tensors["vocabulary.embeddings"]),
+        channels=tuple(Channel(**c) for c in meta["channels"]),
+        image_size=int(meta["image_size"]),
+        normalization=Normalization.from_dict(meta["normalization"]),
+        sampling=SamplingConfig(**meta["sampling"]),
+        training=meta.get("training", {}),
+        provenance=meta.get("provenance", {}),
+        sha256=file_sha256(path),
+    )
+    return model.to(device)
+
+
+def load_weights(unet: UNet, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``weights`` into ``unet`` (which may live on the meta device); every parameter must be
+    given exactly once with its shape, else the error lists what differs."""
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: file {tuple(weights[k].shape)}, model {expected[k]})")
+        raise ValueError(
+            f"{source}: weights do not fit the UNet architecture: {'; '.join(parts)}. "
+            "The file is truncated, foreign, or needs another architecture config"
+        )
+    broken = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{source}: weights {broken[:3]} contain NaN or inf; the checkpoint is corrupt")
+    unet.load_state_dict({k: v.float() for k, v in weights.items()}, assign=True)

@@ -1,0 +1,65 @@
+"""Flow matching from control cells to perturbed cells (CellFlux, Sec. 3), as pure functions.
+
+All images are (N, C, H, W) tensors in the model's [-1, 1] space; times are (N,) in [0, 1].
+Source x0: control cells (plus noise); target x1: perturbed cells of the same batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""v(x, t) -> dx/dt with x (N, C, H, W) and t (N,)."""
+
+
+def broadcast_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(N,) times -> (N, 1, 1, 1) so they scale whole images."""
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def x_t(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight path between source and target: x_t = (1 - t) x0 + t x1."""
+    t = broadcast_time(t, x0)
+    return (1 - t) * x0 + t * x1
+
+
+def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """d x_t / dt along the straight path: u = x1 - x0 (independent of t)."""
+    return x1 - x0
+
+
+def flow_matching_loss(predicted: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the predicted and the target velocity (a scalar)."""
+    return torch.mean((predicted - target_velocity(x0, x1)) ** 2)
+
+
+def sample_t_skewed(
+    n: int, *, mean: float = -1.2, std: float = 1.2, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
+    """Training times: sigma = exp(N(mean, std^2)), t = 1 / (1 + sigma), clipped to [1e-4, 1].
+
+    Most mass lands at small and middle t, as in the EDM noise distribution.
+    """
+    sigma = torch.exp(mean + std * torch.randn(n, generator=generator, device=device))
+    return (1 / (1 + sigma)).clamp(1e-4, 1.0)
+
+
+def x_init(control: torch.Tensor, noise: torch.Tensor, noise_level: float) -> torch.Tensor:
+    """Source state of the ODE: x_init = control + noise_level * noise."""
+    return control + noise_level * noise
+
+
+def guided(conditional: Velocity, unconditional: Velocity, guidance: float) -> Velocity:
+    """Classifier-free guidance: v = (1 + w) v(x, t, c) - w v(x, t, none).
+
+    With w = 0 the unconditional network is never called.
+    """
+    if guidance == 0:
+        return conditional
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (1 + guidance) * conditional(x, t) - guidance * unconditional(x, t)
+
+    return velocity

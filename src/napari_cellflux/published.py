@@ -1,0 +1,240 @@
+"""The authors' published checkpoint layout (``checkpoint.pth``), read safely and converted.
+
+A published file is a ``torch.save`` dict: ``model`` (``model.<unet name>`` live weights,
+``num_updates`` and ``shadow_params.<i>`` EMA weights in the UNet's trainable-parameter
+order), ``epoch``, ``args`` (an ``argparse.Namespace``), and optimiser state we ignore.
+It is unpickled with ``weights_only=True`` and only ``argparse.Namespace`` allowed, so a
+file that tries to run code is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .channels import DATASET_CHANNELS, Channel, default_channels
+from .checkpoint import CellFluxModel, file_sha256, load_weights
+from .model import UNet, UNetConfig, preset
+from .normalization import Normalization
+from .perturbations import Vocabulary, read_embedding_csv
+from .sampling import SamplingConfig
+
+ALLOWED_GLOBALS = (argparse.Namespace,)
+DATASET_KINDS = {"bbbc021": "compound", "rxrx1": "gene", "cpg0000": "other"}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds Python objects outside the allow-list: loading it could run code."""
+
+
+def torch_load_safely(path: str | Path) -> object:
+    """``torch.load`` with ``weights_only=True``; only ``argparse.Namespace`` is allowed beyond tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it contains Python objects that are not on the allow-list "
+            f"(only tensors, plain containers and argparse.Namespace are), so unpickling it could run "
+            f"code. Only load checkpoints from a source you trust, in the published layout. Detail: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint ({str(err).splitlines()[0]}); it may be "
+            "truncated: download it again"
+        ) from err
+
+
+@dataclass
+class PublishedCheckpoint:
+    """The parts of a published checkpoint that matter for sampling."""
+
+    live: dict[str, torch.Tensor]
+    ema: list[torch.Tensor] | None
+    num_updates: int | None
+    epoch: int | None
+    args: dict
+    source: str
+
+    @classmethod
+    def from_dict(cls, obj: object, source: str) -> "PublishedCheckpoint":
+        if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+            raise ValueError(
+                f"{source} is not a CellFlux checkpoint: expected a dict with a 'model' entry "
+                "(the published checkpoint.pth layout)"
+            )
+        state = obj["model"]
+        live = {k.removeprefix("model."): v for k, v in state.items() if not _is_ema_key(k)}
+        shadow = {int(k.split(".")[1]): v for k, v in state.items() if k.startswith("shadow_params.")}
+        if shadow and sorted(shadow) != list(range(len(shadow))):
+            raise ValueError(f"{source}: shadow_params indices are not 0..{len(shadow) - 1}; the file is corrupt")
+        args = obj.get("args")
+        return cls(
+            live=live,
+            ema=[shadow[i] for i in range(len(shadow))] or None,
+            num_updates=int(state["num_updates"]) if "num_updates" in state else None,
+            epoch=obj.get("epoch"),
+            args=_plain(vars(args)) if isinstance(args, argparse.Namespace) else _plain(args or {}),
+            source=source,
+        )
+
+    def weights(self, unet: UNet, use_ema: bool = True) -> dict[str, torch.Tensor]:
+        """Weights for ``unet`` by name: the EMA copy (``shadow_params.<i>`` follows the order of
+        ``unet.named_parameters()``) or the live weights."""
+        if not use_ema:
+            return self.live
+        names = [name for name, p in unet.named_parameters() if p.requires_grad]
+        if self.ema is None:
+            raise ValueError(f"{self.source} holds no EMA weights (shadow_params); load the live weights instead")
+        if len(self.ema) != len(names):
+            raise ValueError(
+                f"{self.source}: {len(self.ema)} EMA tensors for a UNet with {len(names)} parameters; "
+                "the architecture config does not match this checkpoint"
+            )
+        return {**self.live, **dict(zip(names, self.ema))}
+
+    def sampling_defaults(self) -> SamplingConfig:
+        """The authors' sampling settings recorded in ``args``, else the paper's."""
+        a, paper = self.args, SamplingConfig()
+        return SamplingConfig(
+            solver=a.get("ode_method", paper.solver),
+            grid={True: "edm", False: "uniform"}.get(a.get("edm_schedule"), paper.grid),
+            guidance=float(a.get("cfg_scale", paper.guidance)),
+            noise_level=float(a.get("noise_level", paper.noise_level)),
+        )
+
+
+def _is_ema_key(key: str) -> bool:
+    return key == "num_updates" or key.startswith("shadow_params.")
+
+
+def _plain(values: dict) -> dict:
+    """JSON-ready copy of ``args``: numbers, strings, bools, None and lists stay; the rest is str()."""
+    def convert(v):
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        return str(v)
+
+    return {str(k): convert(v) for k, v in values.items()}
+
+
+def infer_unet_config(weights: dict[str, torch.Tensor], *, num_heads: int = 1, use_new_attention_order: bool = True) -> UNetConfig:
+    """Recover the UNet config from tensor shapes (heads and attention order cannot be seen in shapes).
+
+    Input blocks are a stem conv, then per level ``num_res_blocks`` ResBlocks (with an attention
+    layer ``.1`` at attention resolutions) and, between levels, a downsample with no weights.
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in weights:
+            raise ValueError(f"cannot infer the UNet config: weight {key!r} is missing; pass a config or preset")
+        return tuple(weights[key].shape)
+
+    model_channels = shape("time_embed.0.weight")[1]
+    indices = sorted({int(m[1]) for k in weights if (m := re.match(r"input_blocks\.(\d+)\.", k))})
+    levels: list[list[int]] = [[]]
+    for i in range(1, indices[-1] + 1):
+        if f"input_blocks.{i}.0.in_layers.2.weight" in weights:
+            levels[-1].append(i)
+        else:
+            levels.append([])
+    blocks_per_level = {len(level) for level in levels}
+    if len(blocks_per_level) != 1:
+        raise ValueError(f"cannot infer the UNet config: levels have different block counts {sorted(blocks_per_level)}")
+    first = [level[0] for level in levels]
+    widths = [shape(f"input_blocks.{i}.0.in_layers.2.weight")[0] for i in first]
+    return UNetConfig(
+        in_channels=shape("input_blocks.0.0.weight")[1],
+        out_channels=shape("out.2.weight")[0],
+        model_channels=model_channels,
+        channel_mult=tuple(w // model_channels for w in widths),
+        num_res_blocks=blocks_per_level.pop(),
+        attention_resolutions=tuple(2**lvl for lvl, i in enumerate(first) if f"input_blocks.{i}.1.qkv.weight" in weights),
+        num_heads=num_heads,
+        use_new_attention_order=use_new_attention_order,
+        use_scale_shift_norm=shape(f"input_blocks.{first[0]}.0.emb_layers.1.weight")[0] == 2 * widths[0],
+        conv_resample=any(k.endswith(".op.weight") for k in weights),
+        condition_dim=shape("mol_embed_transform.weight")[1],
+    )
+
+
+def build_unet(
+    checkpoint: PublishedCheckpoint, *, use_ema: bool = True, config: UNetConfig | str | None = None
+) -> UNet:
+    """The UNet of ``checkpoint`` with its EMA (or live) weights, on the CPU, in eval mode.
+
+    ``config``: a UNetConfig, a preset name, or None to infer it from the tensor shapes.
+    """
+    if isinstance(config, str):
+        config = preset(config)
+    if config is None:
+        config = infer_unet_config(checkpoint.live, num_heads=int(checkpoint.args.get("num_heads", 1)))
+    with torch.device("meta"):
+        unet = UNet(config)
+    load_weights(unet, checkpoint.weights(unet, use_ema), source=checkpoint.source)
+    return unet.eval()
+
+
+def load_published(
+    path: str | Path,
+    *,
+    embeddings: str | Path | Vocabulary | None = None,
+    kind: str | None = None,
+    channels: tuple[Channel, ...] | None = None,
+    image_size: int = 96,
+    use_ema: bool = True,
+    config: UNetConfig | str | None = None,
+) -> CellFluxModel:
+    """A published ``checkpoint.pth`` (plus its embedding table) as a :class:`CellFluxModel`.
+
+    embeddings: the perturbation embedding CSV (or a Vocabulary); without it the model can only
+    be conditioned on explicit embeddings or SMILES. kind / channels default from the dataset
+    recorded in the checkpoint's args (bbbc021, rxrx1, cpg0000). image_size: 96 for the
+    published screens.
+    """
+    checkpoint = PublishedCheckpoint.from_dict(torch_load_safely(path), source=str(path))
+    digest = file_sha256(path)
+    unet = build_unet(checkpoint, use_ema=use_ema, config=config)
+    dataset = str(checkpoint.args.get("dataset", "")).lower()
+    if isinstance(config, str):
+        dataset = config
+    kind = kind or DATASET_KINDS.get(dataset, "other")
+    if isinstance(embeddings, Vocabulary):
+        vocabulary = embeddings
+    elif embeddings is not None:
+        vocabulary = read_embedding_csv(embeddings, kind=kind)
+    else:
+        vocabulary = Vocabulary(names=[], embeddings=torch.zeros(0, unet.config.condition_dim), kind=kind)
+    if channels is None:
+        channels = DATASET_CHANNELS.get(dataset, default_channels(unet.config.in_channels))
+    return CellFluxModel(
+        unet=unet,
+        vocabulary=vocabulary,
+        channels=tuple(channels),
+        image_size=image_size,
+        normalization=Normalization(255.0),
+        sampling=checkpoint.sampling_defaults(),
+        training=checkpoint.args,
+        provenance={
+            "source": Path(path).name,
+            "source_sha256": digest,
+            "format": "published CellFlux checkpoint.pth",
+            "weights": "ema" if use_ema else "live",
+            "epoch": checkpoint.epoch,
+            "num_updates": checkpoint.num_updates,
+            "dataset": dataset or None,
+        },
+        sha256=digest,
+    )
+
