@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -17,10 +17,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)  # reopened by name so writers that need a real file name (tifffile) work
+    # A fresh name opened with "x" gets the usual umask permissions (mkstemp would force 0600)
+    # and is a real path, which writers such as tifffile need.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, "x" + mode.replace("w", "")) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -256,13 +256,21 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, C, H, W), t (N,) or scalar in [0, 1], cond (N, condition_dim) or None -> (N, C, H, W)."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (N, C, H, W), t (N,) or scalar in [0, 1], cond (N, condition_dim) or None -> (N, C, H, W).
+
+        cond_mask (N,) of 0/1 drops the condition of the rows that hold 0, so conditional and
+        unconditional evaluations share one batch (classifier-free guidance in one forward).
+        """
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
         if cond is not None:
-            emb = emb + self.mol_embed_transform(cond.to(emb.dtype))
+            cond_emb = self.mol_embed_transform(cond.to(emb.dtype))
+            # Multiplying by exactly 0 adds exactly nothing: the unconditional rows match cond=None.
+            emb = emb + (cond_emb if cond_mask is None else cond_emb * cond_mask.to(cond_emb.dtype)[:, None])
         h = x
         skips = []
         for block in self.input_blocks:

@@ -1,0 +1,159 @@
+"""Training pairs: each treated cell with a random control cell of the same batch (FACTS: pairing).
+
+Control and target are never matched individually (flow matching maps distributions), so a
+fresh control is drawn at every access.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from napari_cellflux.data.cells import CellTable, load_cell
+from napari_cellflux.normalization import Normalization
+from napari_cellflux.perturbations import Vocabulary
+
+
+@dataclass(frozen=True)
+class PairingConfig:
+    """Which cells to use and how to present them; the defaults are the published training setup.
+
+    split: "train", "test" or None (all); controls come from the same split.
+    held_out: perturbations whose treated cells are left out (unseen-compound evaluation).
+    dequantize: add U[0, 1) to the uint8 pixels before scaling (training; off for evaluation).
+    flip_prob: probability of a horizontal and, independently, of a vertical flip, drawn
+        separately for control and target: they are unrelated cells, so flipping them together
+        would add nothing but a correlation the model should not see.
+    seed: seeds the draws (controls, dequantisation noise, flips); None follows torch's global RNG.
+    """
+
+    split: str | None = "train"
+    held_out: tuple[str, ...] = ()
+    dequantize: bool = True
+    flip_prob: float = 0.3
+    seed: int | None = None
+
+
+class CellPairDataset(Dataset):
+    """Treated cells of ``table`` with a batch-matched control drawn at every access.
+
+    Item i is a dict: control (C, H, W) float32 in [-1, 1], target (C, H, W) float32 in [-1, 1],
+    perturbation (int, row of ``vocabulary``), batch (str), control_id / target_id (int, rows of
+    ``self.table.cells``). Pixels are read from disk per item.
+
+    In DataLoader workers each worker seeds its own stream from ``config.seed`` and the worker
+    seed torch assigns (new every epoch, fixed by ``torch.manual_seed``), so workers and epochs
+    draw different controls.
+    """
+
+    def __init__(
+        self,
+        table: CellTable,
+        vocabulary: Vocabulary,
+        config: PairingConfig = PairingConfig(),
+        normalization: Normalization = Normalization(),
+    ) -> None:
+        if not 0.0 <= config.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {config.flip_prob}")
+        self.table = table.select(config.split, config.held_out)
+        self.config = config
+        self.normalization = normalization
+        cells = self.table.cells
+        self.targets = np.flatnonzero(~cells["is_control"].to_numpy())
+        if len(self.targets) == 0:
+            raise ValueError(f"{table.source}: no treated cells in split {config.split!r}; check the split and STATE")
+        self.perturbation_index = self._vocabulary_rows(vocabulary)
+        self.controls_by_batch = self._controls_by_batch()
+        self.shape = self._expected_shape()
+        self._generator: torch.Generator | None = None
+        self._generator_pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.item(i, self._rng())
+
+    def item(self, i: int, generator: torch.Generator) -> dict:
+        """Item ``i`` with every random draw taken from ``generator`` (for callers that seed per item)."""
+        target_id = int(self.targets[i])
+        batch = self.table.cells["batch"].iloc[target_id]
+        controls = self.controls_by_batch[batch]
+        control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
+        return {
+            "control": self._pixels(control_id, generator),
+            "target": self._pixels(target_id, generator),
+            "perturbation": int(self.perturbation_index[i]),
+            "batch": batch,
+            "control_id": control_id,
+            "target_id": target_id,
+        }
+
+    def _pixels(self, position: int, generator: torch.Generator) -> torch.Tensor:
+        path = self.table.cells["path"].iloc[position]
+        pixels = load_cell(path)
+        if pixels.shape != self.shape:
+            raise ValueError(
+                f"{self.table.where(position)}: cell file {path} has shape (C, H, W) = {pixels.shape}, "
+                f"expected {self.shape} like the other cells; re-export it with that size and channel count"
+            )
+        x = self.normalization.to_model(pixels, dequantize=self.config.dequantize, generator=generator)
+        for dim in (-1, -2):
+            if torch.rand((), generator=generator).item() < self.config.flip_prob:
+                x = x.flip(dim)
+        return x
+
+    def _vocabulary_rows(self, vocabulary: Vocabulary) -> np.ndarray:
+        names = self.table.cells["perturbation"].to_numpy()[self.targets]
+        rows = {}
+        for name in dict.fromkeys(names):
+            try:
+                rows[name] = vocabulary.index(name)
+            except KeyError as err:
+                position = int(self.targets[names.tolist().index(name)])
+                raise KeyError(
+                    f"{self.table.where(position)}: perturbation {name!r} has no embedding ({err.args[0]}); "
+                    "add its row to the embedding CSV or list it in held_out"
+                ) from None
+        return np.array([rows[n] for n in names], dtype=np.int64)
+
+    def _controls_by_batch(self) -> dict[str, np.ndarray]:
+        cells = self.table.cells
+        is_control = cells["is_control"].to_numpy()
+        batches = cells["batch"].to_numpy()
+        by_batch = {str(b): np.flatnonzero(is_control & (batches == b)) for b in np.unique(batches[self.targets])}
+        empty = [b for b, ids in by_batch.items() if len(ids) == 0]
+        if empty:
+            raise ValueError(
+                f"{self.table.source}: batch {empty[0]!r} has treated cells but no control cells in split "
+                f"{self.config.split!r} ({len(empty)} such batches); controls are drawn from the same batch, so "
+                "add control cells to it or drop its treated cells"
+            )
+        return by_batch
+
+    def _expected_shape(self) -> tuple[int, int, int]:
+        first = int(self.targets[0])
+        shape = load_cell(self.table.cells["path"].iloc[first]).shape
+        if self.table.channels is not None and shape[0] != self.table.channels:
+            raise ValueError(
+                f"{self.table.where(first)}: cell file {self.table.cells['path'].iloc[first]} has {shape[0]} "
+                f"channels, expected {self.table.channels}; pass channels= to the reader if the data differ"
+            )
+        return shape
+
+    def _rng(self) -> torch.Generator:
+        # A generator copied into a DataLoader worker would repeat the parent's draws: re-seed per process.
+        if self._generator is None or self._generator_pid != os.getpid():
+            info = torch.utils.data.get_worker_info()
+            base = self.config.seed
+            if base is None:
+                base = int(torch.randint(2**62, (1,)).item())
+            entropy = [base] if info is None else [base, info.seed]
+            seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+            self._generator = torch.Generator().manual_seed(seed)
+            self._generator_pid = os.getpid()
+        return self._generator

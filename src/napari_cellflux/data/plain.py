@@ -1,0 +1,134 @@
+"""The plain format: a folder of single-cell TIFFs plus one CSV, for users' own screens.
+
+Layout::
+
+    DIR/cells.csv            file,perturbation,batch,is_control,split[,any extra columns]
+    DIR/<file>               one cell per TIFF, uint8, axes (C, H, W) (a 2-D page is one channel)
+
+``file`` is relative to the CSV's folder; ``is_control`` is true/false (also 1/0, yes/no);
+``split`` is train or test. Every cell of a table has the same (C, H, W). Extra columns are kept
+in the CSV (``cellflux extract`` records the source field and centroid) and ignored by the reader.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
+from napari_cellflux.data.cells import CellTable, check_split_name, make_cell_table
+
+CSV_NAME = "cells.csv"
+REQUIRED = ("file", "perturbation", "batch", "is_control", "split")
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files: bool = True) -> CellTable:
+    """Read a plain-format CSV into a :class:`CellTable`; files are resolved against the CSV's folder."""
+    source = Path(csv_path)
+    if not source.is_file():
+        raise FileNotFoundError(f"plain-format CSV {source} does not exist; pass the path of cells.csv")
+    try:
+        raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"plain-format CSV {source} is empty; it needs the header {','.join(REQUIRED)}") from None
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        raise ValueError(
+            f"plain-format CSV {source} lacks columns {missing}; the header must contain {','.join(REQUIRED)}"
+        )
+    lines = np.arange(2, len(raw) + 2)  # line 1 is the header
+    flag = raw["is_control"].str.strip().str.lower()
+    bad = ~flag.isin(_TRUE | _FALSE)
+    if bad.any():
+        first = int(bad.to_numpy().argmax())
+        raise ValueError(
+            f"{source} line {lines[first]}: is_control = {raw['is_control'].iloc[first]!r}; write true or false"
+        )
+    frame = pd.DataFrame(
+        {
+            "path": [str(source.parent / f.strip()) if f.strip() else "" for f in raw["file"]],
+            "perturbation": raw["perturbation"].to_numpy(),
+            "batch": raw["batch"].to_numpy(),
+            "is_control": flag.isin(_TRUE).to_numpy(),
+            "split": raw["split"].str.strip().to_numpy(),
+            "line": lines,
+        }
+    )
+    return make_cell_table(frame, source, check_files=check_files, channels=channels)
+
+
+def write_plain(
+    out_dir: str | Path,
+    crops: np.ndarray,
+    *,
+    perturbation: str | Sequence[str],
+    batch: str | Sequence[str],
+    is_control: bool | Sequence[bool],
+    split: str | Sequence[str] = "train",
+    prefix: str = "cell",
+    extra: Mapping[str, Sequence] | None = None,
+) -> Path:
+    """Write crops (N, C, H, W) uint8 as ``<out_dir>/<prefix>_<i>.tif`` and add them to ``cells.csv``.
+
+    perturbation / batch / is_control / split: one value for all crops or one per crop.
+    extra: more per-crop columns to record (e.g. centroids). An existing ``cells.csv`` keeps its
+    other lines: fields written under distinct prefixes accumulate in one table, and writing a
+    prefix again replaces that prefix's lines (and deletes its crops this run did not rewrite).
+    Returns the CSV path.
+    """
+    import tifffile
+
+    out_dir = Path(out_dir)
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.dtype != np.uint8:
+        raise ValueError(
+            f"crops must be a uint8 array (N, C, H, W), got {crops.dtype} {crops.shape}; "
+            "scale to 8 bits first (see napari_cellflux.data.intensity)"
+        )
+    n = len(crops)
+    if n == 0:
+        raise ValueError("no crops to write")
+    files = [f"{prefix}_{i:05d}.tif" for i in range(n)]
+    columns = {
+        "file": files,
+        "perturbation": _per_crop(perturbation, n, "perturbation"),
+        "batch": _per_crop(batch, n, "batch"),
+        "is_control": [bool(v) for v in _per_crop(is_control, n, "is_control")],
+        "split": _per_crop(split, n, "split"),
+    }
+    for s in set(columns["split"]):
+        check_split_name(s)
+    for name, values in (extra or {}).items():
+        columns[name] = _per_crop(values, n, name)
+    for name, crop in zip(files, crops):
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, crop, photometric="minisblack", metadata={"axes": "CYX"})
+        atomic_write_bytes(out_dir / name, buffer.getvalue())
+    table = pd.DataFrame(columns)
+    csv_path = out_dir / CSV_NAME
+    stale: list[str] = []
+    if csv_path.is_file():
+        previous = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        same_prefix = previous["file"].str.fullmatch(re.escape(prefix) + r"_\d{5}\.tif")
+        stale = sorted(set(previous.loc[same_prefix, "file"]) - set(files))
+        table = pd.concat([previous[~same_prefix], table.astype(str)], ignore_index=True)
+    atomic_write_text(csv_path, table.to_csv(index=False))
+    for name in stale:  # crops of an earlier run of this prefix that this run did not rewrite
+        (out_dir / name).unlink(missing_ok=True)
+    return csv_path
+
+
+def _per_crop(value, n: int, name: str) -> list:
+    if isinstance(value, (str, bool, int, float, np.generic)):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name}: got {len(values)} values for {n} crops; give one value or one per crop")
+    return values

@@ -1,0 +1,411 @@
+"""A synthetic screen with known ground truth, written in the IMPA BBBC021 layout.
+
+Real compounds (real SMILES, Morgan count fingerprints as embeddings) are given designed effects
+on drawn cells; batches differ by a per-channel gain and background offset. Because every cell's
+parameters are saved, a model trained on it can be scored against the truth on a CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
+from napari_cellflux.chem import compound_vocabulary
+from napari_cellflux.data.cells import CellTable
+from napari_cellflux.data.drawing import CellParameters, draw_cells
+from napari_cellflux.data.impa import bbbc021_key_path, read_impa
+from napari_cellflux.perturbations import Vocabulary
+
+CONTROL_NAME = "DMSO"
+CONTROL_SMILES = "CS(C)=O"
+BASE_CHANNEL_NAMES = ("DNA", "cytoskeleton", "cytoplasm")
+DRAW_CHUNK = 128  # cells drawn at once: bounds memory for large screens and images
+
+
+def channel_names(channels: int) -> tuple[str, ...]:
+    """Names of the drawn channels; channels past the third are further cytoplasmic stains."""
+    return tuple(BASE_CHANNEL_NAMES[:channels]) + tuple(f"stain{c}" for c in range(3, channels))
+
+
+@dataclass(frozen=True)
+class SyntheticPerturbation:
+    """A compound and its designed effect: factors on the control mean (1 = no change).
+
+    intensity: one factor per channel (missing channels: 1). DOSE in the metadata is a label only.
+    """
+
+    name: str
+    smiles: str
+    moa: str
+    nuclear_area: float = 1.0
+    cell_elongation: float = 1.0
+    texture: float = 1.0
+    intensity: tuple[float, ...] = ()
+    dose: float = 1.0
+
+    def intensity_factors(self, channels: int) -> np.ndarray:
+        return np.array([*self.intensity, *[1.0] * channels][:channels], dtype=np.float64)
+
+
+MT_DESTABILISER = dict(moa="Microtubule destabilizers", texture=0.3, cell_elongation=0.77)
+DEFAULT_PERTURBATIONS = (
+    SyntheticPerturbation("colchicine", "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2", **MT_DESTABILISER),
+    SyntheticPerturbation(
+        "camptothecin", "CC[C@@]1(O)C(=O)OCc2c1cc1-c3nc4ccccc4cc3Cn1c2=O", "Topoisomerase inhibitors", nuclear_area=1.6
+    ),
+    SyntheticPerturbation(
+        "mitoxantrone", "OCCNCCNc1ccc(NCCNCCO)c2C(=O)c3c(O)ccc(O)c3C(=O)c12", "DNA damage", intensity=(0.5,)
+    ),
+    SyntheticPerturbation("PP-2", "CC(C)(C)n1nc(-c2ccc(Cl)cc2)c2c(N)ncnc21", "Epithelial", cell_elongation=1.4),
+    SyntheticPerturbation(
+        "MG-132",
+        "CC(C)C[C@H](NC(=O)[C@H](CC(C)C)NC(=O)OCc1ccccc1)C(=O)N[C@@H](CC(C)C)C=O",
+        "Protein degradation",
+        intensity=(1.0, 1.0, 1.8),
+    ),
+    SyntheticPerturbation(
+        "alsterpaullone",
+        "O=C1Cc2c([nH]c3ccc([N+](=O)[O-])cc23)-c2ccccc2N1",
+        "Kinase inhibitors",
+        texture=1.5,
+        intensity=(1.0, 1.8),
+    ),
+    # Held out by default: a close analogue of colchicine and an unrelated scaffold, both with
+    # colchicine's effect, so unseen-compound generalisation can be scored easy and hard.
+    SyntheticPerturbation("demecolcine", "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC)CC2", **MT_DESTABILISER),
+    SyntheticPerturbation("nocodazole", "COC(=O)Nc1nc2cc(C(=O)c3cccs3)ccc2[nH]1", **MT_DESTABILISER),
+)
+
+
+@dataclass(frozen=True)
+class Morphology:
+    """Control cells' mean morphology; lengths as fractions of the image side.
+
+    intensity: signal per channel (channels past the list use the last value).
+    size_cv / intensity_cv: cell-to-cell log-normal spread of areas and intensities.
+    """
+
+    nuclear_radius: float = 0.16
+    nuclear_elongation: float = 1.15
+    cell_radius: float = 0.30
+    cell_elongation: float = 1.3
+    texture: float = 0.5
+    intensity: tuple[float, ...] = (0.45, 0.18, 0.30, 0.25)
+    size_cv: float = 0.10
+    intensity_cv: float = 0.12
+
+    def intensities(self, channels: int) -> np.ndarray:
+        values = list(self.intensity) + [self.intensity[-1]] * channels
+        return np.array(values[:channels], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SyntheticScreenConfig:
+    """Size and content of a synthetic screen; defaults train on a CPU in minutes.
+
+    Per batch: ``controls_per_batch`` DMSO cells and ``cells_per_perturbation`` cells of each
+    perturbation. ``held_out`` perturbations go entirely to the test split; the others are split
+    by ``test_fraction``. Batch b multiplies channel c by a gain drawn from ``gain_range`` and adds
+    a background drawn from ``offset_range`` (fractions of full scale), then pixel noise.
+    """
+
+    image_size: int = 32
+    channels: int = 3
+    batches: int = 3
+    controls_per_batch: int = 40
+    cells_per_perturbation: int = 12
+    perturbations: tuple[SyntheticPerturbation, ...] = DEFAULT_PERTURBATIONS
+    held_out: tuple[str, ...] = ("demecolcine", "nocodazole")
+    test_fraction: float = 0.2
+    gain_range: tuple[float, float] = (0.8, 1.2)
+    offset_range: tuple[float, float] = (0.02, 0.10)
+    noise_sigma: float = 0.02
+    morphology: Morphology = field(default_factory=Morphology)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.channels < 1 or self.batches < 1:
+            raise ValueError("image_size must be >= 16 and channels, batches >= 1")
+        if min(self.controls_per_batch, self.cells_per_perturbation) < 2:
+            raise ValueError("controls_per_batch and cells_per_perturbation must be >= 2 (one train, one test)")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        names = [p.name for p in self.perturbations]
+        unknown = set(self.held_out) - set(names)
+        if unknown:
+            raise ValueError(f"held_out {sorted(unknown)} are not among the perturbations {names}")
+
+
+@dataclass(frozen=True)
+class SyntheticScreen:
+    """A synthetic screen read back: its cell table, vocabulary, held-out names and screen.json."""
+
+    table: CellTable
+    vocabulary: Vocabulary
+    held_out: tuple[str, ...]
+    info: dict
+
+
+def sample_cell_parameters(
+    rng: np.random.Generator,
+    effects: list[SyntheticPerturbation | None],
+    size: int,
+    channels: int,
+    morphology: Morphology = Morphology(),
+) -> CellParameters:
+    """Draw one cell per entry of ``effects`` (None: a control cell) at image side ``size`` px."""
+    n = len(effects)
+    area_f = np.array([e.nuclear_area if e else 1.0 for e in effects])
+    elong_f = np.array([e.cell_elongation if e else 1.0 for e in effects])
+    texture_f = np.array([e.texture if e else 1.0 for e in effects])
+    intensity_f = np.stack([e.intensity_factors(channels) if e else np.ones(channels) for e in effects])
+    m = morphology
+    nuclear_area = np.pi * (m.nuclear_radius * size) ** 2 * area_f * rng.lognormal(0.0, m.size_cv, n)
+    nuclear_radius = np.sqrt(nuclear_area / np.pi)
+    cell_radius = np.maximum(m.cell_radius * size * rng.lognormal(0.0, m.size_cv, n), 1.5 * nuclear_radius)
+    return CellParameters(
+        nuclear_radius=nuclear_radius,
+        nuclear_elongation=np.maximum(1.0, m.nuclear_elongation + rng.normal(0.0, 0.07, n)),
+        cell_radius=cell_radius,
+        cell_elongation=np.maximum(1.0, m.cell_elongation * elong_f * (1.0 + rng.normal(0.0, 0.08, n))),
+        angle=rng.uniform(0.0, np.pi, n),
+        intensity=m.intensities(channels) * intensity_f * rng.lognormal(0.0, m.intensity_cv, (n, channels)),
+        texture=np.clip(m.texture * texture_f + rng.normal(0.0, 0.05, n), 0.0, 1.0),
+        centre=rng.normal(0.0, 0.5, (n, 2)),
+    )
+
+
+def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = SyntheticScreenConfig()) -> Path:
+    """Write a synthetic screen into the new or empty folder ``out_dir``; returns ``out_dir``.
+
+    Files: ``<batch>/<well>/<n>.npy`` (uint8 (H, W, C) per cell), ``metadata.csv`` (IMPA BBBC021
+    columns), ``emb_fp.csv`` (Morgan count fingerprints, DMSO included), ``ground_truth.csv``
+    (every cell's drawn parameters and batch artefacts) and ``screen.json`` (config, channel
+    names, true effects, batch artefacts). The same config (seed included) gives identical bytes.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; write a synthetic screen into a new or empty folder")
+    rng = np.random.default_rng(config.seed)
+    size, channels = config.image_size, config.channels
+    gains = rng.uniform(*config.gain_range, (config.batches, channels))
+    offsets = rng.uniform(*config.offset_range, (config.batches, channels))
+    groups = [None, *config.perturbations]  # None: the DMSO controls
+    rows = []
+    for b in range(config.batches):
+        for well, effect in enumerate(groups):
+            count = config.controls_per_batch if effect is None else config.cells_per_perturbation
+            test = rng.permutation(count) < round(count * config.test_fraction)
+            held = effect is not None and effect.name in config.held_out
+            for i in range(count):
+                rows.append((b, effect, _well_name(well), "test" if held or test[i] else "train", i))
+    effects = [r[1] for r in rows]
+    batch_of = np.array([r[0] for r in rows])
+    keys = [f"Week{b + 1}_{well}_{i:04d}" for b, _, well, _, i in rows]
+    params = sample_cell_parameters(rng, effects, size, channels, config.morphology)
+    for start in range(0, len(rows), DRAW_CHUNK):
+        chunk = slice(start, start + DRAW_CHUNK)
+        signal, _ = draw_cells(params.take(chunk), size, rng)
+        noise = rng.normal(0.0, config.noise_sigma, signal.shape)
+        gain, offset = gains[batch_of[chunk]][:, :, None, None], offsets[batch_of[chunk]][:, :, None, None]
+        pixels = np.round(np.clip(offset + gain * signal + noise, 0.0, 1.0) * 255.0).astype(np.uint8)
+        for key, cell in zip(keys[chunk], pixels):
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(np.moveaxis(cell, 0, -1)))
+            atomic_write_bytes(out / bbbc021_key_path(key), buffer.getvalue())
+    metadata = pd.DataFrame(
+        {
+            "SAMPLE_KEY": keys,
+            "SPLIT": [r[3] for r in rows],
+            "STATE": [0 if e is None else 1 for e in effects],
+            "ANNOT": [CONTROL_NAME if e is None else e.moa for e in effects],
+            "CPD_NAME": [CONTROL_NAME if e is None else e.name for e in effects],
+            "BATCH": [f"Week{b + 1}" for b in batch_of],
+            "DOSE": [0.0 if e is None else e.dose for e in effects],
+            "SMILES": [CONTROL_SMILES if e is None else e.smiles for e in effects],
+        }
+    )
+    atomic_write_text(out / "metadata.csv", metadata.to_csv())
+    vocabulary = compound_vocabulary({p.name: p.smiles for p in config.perturbations}, control=CONTROL_NAME)
+    embedding = pd.DataFrame(vocabulary.embeddings.numpy(), index=pd.Index(vocabulary.names, name="compound"))
+    atomic_write_text(out / "emb_fp.csv", embedding.to_csv(float_format="%g"))
+    truth = _ground_truth(metadata, params, gains[batch_of], offsets[batch_of], channels)
+    atomic_write_text(out / "ground_truth.csv", truth.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "screen.json", json.dumps(_describe(config, gains, offsets), indent=2, sort_keys=True))
+    return out
+
+
+def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
+    """Read a folder written by :func:`make_synthetic_screen` (table, compound vocabulary, held-out names)."""
+    from napari_cellflux.perturbations import read_embedding_csv
+
+    root = Path(path)
+    info_path = root / "screen.json"
+    if not info_path.is_file():
+        raise FileNotFoundError(f"{info_path} is missing; {root} is not a synthetic screen (run `cellflux synth`)")
+    info = json.loads(info_path.read_text())
+    table = read_impa(root / "metadata.csv", root, "bbbc021", channels=info["config"]["channels"])
+    embedded = read_embedding_csv(root / "emb_fp.csv", kind="compound", control=CONTROL_NAME)
+    vocabulary = Vocabulary(
+        names=embedded.names,
+        embeddings=embedded.embeddings,
+        kind="compound",
+        smiles={n: table.smiles[n] for n in embedded.names if n in table.smiles},
+        control=CONTROL_NAME,
+    )
+    return SyntheticScreen(table=table, vocabulary=vocabulary, held_out=tuple(info["config"]["held_out"]), info=info)
+
+
+@dataclass(frozen=True)
+class SyntheticField:
+    """A whole drawn field of view.
+
+    image: (C, H, W) uint16 with ``bit_depth`` significant bits (like a camera's raw frame).
+    labels: (H, W) int32 nucleus labels (0 background, 1..N). centroids: (N, 2) true nucleus
+    centres (row, col) in px, row i for label i + 1. perturbation: what the cells were drawn under.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    perturbation: str
+    channel_names: tuple[str, ...]
+
+
+def make_synthetic_field(
+    shape: tuple[int, int] = (512, 512),
+    n_cells: int = 30,
+    *,
+    channels: int = 3,
+    perturbation: str | None = None,
+    cell_size: int = 96,
+    perturbations: tuple[SyntheticPerturbation, ...] = DEFAULT_PERTURBATIONS,
+    morphology: Morphology = Morphology(),
+    bit_depth: int = 12,
+    seed: int = 0,
+) -> SyntheticField:
+    """Scatter up to ``n_cells`` drawn cells (drawn at crop side ``cell_size``) over a field.
+
+    Nuclei are kept apart (centres >= 2.4 nominal radii) but may touch; cells near the edge are
+    cut off as in a real field. ``perturbation`` names one of ``perturbations`` (None: DMSO).
+    Fewer cells are placed when the field is too small for ``n_cells``.
+    """
+    rng = np.random.default_rng(seed)
+    effect = None
+    if perturbation is not None and perturbation.lower() != CONTROL_NAME.lower():
+        by_name = {p.name.lower(): p for p in perturbations}
+        if perturbation.lower() not in by_name:
+            raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {sorted(by_name)} or None (DMSO)")
+        effect = by_name[perturbation.lower()]
+    height, width = shape
+    radius = morphology.nuclear_radius * cell_size
+    centres = _scatter(rng, n_cells, height, width, margin=radius, spacing=2.4 * radius)
+    params = sample_cell_parameters(rng, [effect] * len(centres), cell_size, channels, morphology)
+    signal, nuclei = draw_cells(params, cell_size, rng)
+    canvas = np.zeros((channels, height, width), dtype=np.float32)
+    labels = np.zeros((height, width), dtype=np.int32)
+    half = cell_size // 2
+    corners = np.round(centres).astype(int) - half
+    for i, (top, left) in enumerate(corners):
+        # Overlapping cells: the brighter one shows, as in a widefield image.
+        rows = slice(max(top, 0), min(top + cell_size, height))
+        cols = slice(max(left, 0), min(left + cell_size, width))
+        patch = (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
+        np.maximum(canvas[:, rows, cols], signal[i][:, patch[0], patch[1]], out=canvas[:, rows, cols])
+        free = labels[rows, cols] == 0
+        labels[rows, cols][free & nuclei[i][patch]] = i + 1
+    observed = 0.03 + canvas + rng.normal(0.0, 0.01, canvas.shape)
+    full_scale = 2**bit_depth - 1
+    image = np.round(np.clip(observed, 0.0, 1.0) * full_scale).astype(np.uint16)
+    true_centres = corners + (cell_size - 1) / 2.0 + params.centre
+    name = CONTROL_NAME if effect is None else effect.name
+    return SyntheticField(image, labels, true_centres, name, channel_names(channels))
+
+
+def _scatter(rng: np.random.Generator, n: int, height: int, width: int, margin: float, spacing: float) -> np.ndarray:
+    """Up to n points (row, col) inside the margins, pairwise at least ``spacing`` apart."""
+    points: list[np.ndarray] = []
+    for _ in range(50 * n):
+        if len(points) == n:
+            break
+        candidate = rng.uniform((margin, margin), (height - margin, width - margin))
+        if not points or np.min(np.linalg.norm(np.array(points) - candidate, axis=1)) >= spacing:
+            points.append(candidate)
+    return np.array(points).reshape(-1, 2)
+
+
+def _well_name(index: int) -> str:
+    return f"{'BCDEFGHIJKLMNO'[index // 22 % 14]}{index % 22 + 2:02d}"
+
+
+def _ground_truth(
+    metadata: pd.DataFrame, params: CellParameters, gains: np.ndarray, offsets: np.ndarray, channels: int
+) -> pd.DataFrame:
+    truth = {
+        "SAMPLE_KEY": metadata["SAMPLE_KEY"],
+        "CPD_NAME": metadata["CPD_NAME"],
+        "BATCH": metadata["BATCH"],
+        "SPLIT": metadata["SPLIT"],
+        "nuclear_radius_px": params.nuclear_radius,
+        "nuclear_area_px": np.pi * params.nuclear_radius**2,
+        "nuclear_elongation": params.nuclear_elongation,
+        "cell_radius_px": params.cell_radius,
+        "cell_area_px": np.pi * params.cell_radius**2,
+        "cell_elongation": params.cell_elongation,
+        "angle_rad": params.angle,
+        "texture": params.texture,
+        "nucleus_row_offset_px": params.centre[:, 0],
+        "nucleus_col_offset_px": params.centre[:, 1],
+    }
+    for c in range(channels):
+        truth[f"intensity_c{c}"] = params.intensity[:, c]
+        truth[f"gain_c{c}"] = gains[:, c]
+        truth[f"offset_c{c}"] = offsets[:, c]
+    return pd.DataFrame(truth)
+
+
+def _describe(config: SyntheticScreenConfig, gains: np.ndarray, offsets: np.ndarray) -> dict:
+    m = config.morphology
+    control = {
+        "nuclear_area_px": float(np.pi * (m.nuclear_radius * config.image_size) ** 2),
+        "cell_elongation": m.cell_elongation,
+        "texture": m.texture,
+        "intensity": m.intensities(config.channels).tolist(),
+    }
+    effects = {}
+    for p in config.perturbations:
+        factors = p.intensity_factors(config.channels)
+        effects[p.name] = {
+            "smiles": p.smiles,
+            "moa": p.moa,
+            "held_out": p.name in config.held_out,
+            "factors": {
+                "nuclear_area": p.nuclear_area,
+                "cell_elongation": p.cell_elongation,
+                "texture": p.texture,
+                "intensity": factors.tolist(),
+            },
+            "expected_means": {
+                "nuclear_area_px": control["nuclear_area_px"] * p.nuclear_area,
+                "cell_elongation": m.cell_elongation * p.cell_elongation,
+                "texture": min(1.0, m.texture * p.texture),
+                "intensity": (np.array(control["intensity"]) * factors).tolist(),
+            },
+        }
+    return {
+        "format": "impa-bbbc021",
+        "config": asdict(config),
+        "channel_names": list(channel_names(config.channels)),
+        "control": {"name": CONTROL_NAME, "smiles": CONTROL_SMILES, "expected_means": control},
+        "perturbations": effects,
+        "batches": {
+            f"Week{b + 1}": {"gain": gains[b].tolist(), "offset": offsets[b].tolist()} for b in range(config.batches)
+        },
+        "fingerprint": {"type": "Morgan count", "radius": 2, "n_bits": 1024, "chirality": False},
+    }

@@ -1,0 +1,152 @@
+"""Training: configs, resumable runs identical to straight ones, DDP through torchrun, final model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_cellflux import api
+from napari_cellflux.sampling import SamplingConfig
+from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+from training.config import load_config
+from training.train import MODEL_FILE, STATE_FILE, main, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("screen")
+    make_synthetic_screen(root, SyntheticScreenConfig(image_size=16, batches=2, controls_per_batch=8, cells_per_perturbation=4))
+    return root
+
+
+def tiny_overrides(screen: Path, out: Path, steps: int, **extra: str) -> list[str]:
+    values = {
+        "data.root": str(screen),
+        "data.synthetic": "false",
+        "model.image_size": "16",
+        "model.overrides": "{model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], dropout: 0.1}",
+        "optim.batch_size": "4",
+        "optim.steps": str(steps),
+        "run.out": str(out),
+        "run.checkpoint_every": "2",
+        "run.log_every": "1",
+        "run.device": "cpu",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_resumed_run_matches_straight_run(screen, tmp_path):
+    straight = train(load_config("demo", tiny_overrides(screen, tmp_path / "a", 6)), quiet=True)
+
+    interrupted = load_config("demo", tiny_overrides(screen, tmp_path / "b", 6, **{"optim.steps": "4"}))
+    train(interrupted, quiet=True)
+    state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
+    assert state["step"] == 4
+    resumed = train(load_config("demo", tiny_overrides(screen, tmp_path / "b", 6)), resume=True, quiet=True)
+
+    for name, value in weights(straight.unet).items():
+        assert torch.equal(value, weights(resumed.unet)[name]), name
+    for name, value in weights(straight.ema.model).items():
+        assert torch.equal(value, weights(resumed.ema.model)[name]), name
+    assert straight.ema.num_updates == resumed.ema.num_updates == 6
+    steps_logged = [int(line.split(",")[0]) for line in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps_logged == list(range(1, 7))
+
+
+def test_training_changes_weights_and_ema_lags(screen, tmp_path):
+    cfg = load_config("demo", tiny_overrides(screen, tmp_path / "run", 3))
+    torch.manual_seed(cfg.run.seed)
+    from training.train import UNet, load_training_data, unet_config
+
+    initial = weights(UNet(unet_config(cfg, load_training_data(cfg.data, image_size=16, seed=0, build=False))))
+    result = train(cfg, quiet=True)
+    trained, averaged = weights(result.unet), weights(result.ema.model)
+    moved = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert moved, "optimisation did not change any weight"
+    assert any(not torch.equal(trained[k], averaged[k]) for k in moved), "EMA equals the live weights"
+
+
+def test_final_model_is_self_contained_and_generates(screen, tmp_path):
+    result = train(load_config("demo", tiny_overrides(screen, tmp_path / "run", 2)), quiet=True)
+    model = api.load_model(result.model_path, device="cpu")
+    assert model.vocabulary.kind == "compound" and model.vocabulary.control == "DMSO"
+    assert model.vocabulary.smiles["colchicine"].startswith("C")
+    assert [c.name for c in model.channels] == ["DNA", "cytoskeleton", "cytoplasm"]
+    assert model.image_size == 16 and model.provenance["step"] == 2
+    for name, value in weights(result.ema.model).items():
+        assert torch.equal(value, model.unet.state_dict()[name]), name
+    controls = torch.rand(2, 3, 16, 16) * 2 - 1
+    trajectory = api.generate(model, controls, model.vocabulary.names[1], sampling=SamplingConfig(steps=2))
+    assert trajectory.states.shape == (3, 2, 3, 16, 16)
+
+
+def test_existing_run_needs_resume_and_missing_state_is_reported(screen, tmp_path, capsys):
+    overrides = tiny_overrides(screen, tmp_path / "run", 2)
+    assert main(["--config", "demo", "--quiet", *overrides]) == 0
+    assert main(["--config", "demo", "--quiet", *overrides]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["--config", "demo", "--resume", "--quiet", *tiny_overrides(screen, tmp_path / "fresh", 2)]) == 2
+    assert "no state.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.learning_rate=1", "unknown keys ['learning_rate']"),
+        ("colour=red", "unknown keys ['colour']"),
+        ("optim", "must look like section.key=value"),
+    ],
+)
+def test_bad_config_is_a_clear_error(override, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config("demo", [override])
+
+
+def test_unknown_config_name_lists_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="bbbc021"):
+        load_config("nonexistent")
+
+
+def test_paper_configs_hold_the_paper_hyper_parameters():
+    for name in ("bbbc021", "rxrx1", "cpg0000"):
+        cfg = load_config(name)
+        assert cfg.model.preset == name and cfg.model.image_size == 96
+        assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.batch_size) == (1e-4, (0.9, 0.95), 32)
+        assert (cfg.optim.noise_prob, cfg.optim.class_drop_prob, cfg.optim.ema_max_decay) == (0.5, 0.2, 0.999)
+    assert "cytochalasin D" in load_config("bbbc021").data.held_out
+
+
+def test_torchrun_two_processes_share_weights_and_only_rank_zero_writes(screen, tmp_path):
+    out, dumps = tmp_path / "run", tmp_path / "dumps"
+    dumps.mkdir()
+    worker = (
+        "import sys, torch; from training.config import load_config; from training.train import train\n"
+        "r = train(load_config('demo', sys.argv[2:]), quiet=True)\n"
+        "import os; torch.save(r.unet.state_dict(), os.path.join(sys.argv[1], f\"rank{os.environ['RANK']}.pt\"))\n"
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(worker)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(dumps),
+         *tiny_overrides(screen, out, 3)],
+        check=True, env=env, cwd=REPO, timeout=300, capture_output=True,
+    )
+    rank0 = torch.load(dumps / "rank0.pt", weights_only=True)
+    rank1 = torch.load(dumps / "rank1.pt", weights_only=True)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.yaml", "metrics.csv", MODEL_FILE, STATE_FILE])
+    assert not list(out.glob("*.part"))

@@ -1,0 +1,1 @@
+"""Training and evaluation of CellFlux models (imports napari_cellflux, never the reverse)."""

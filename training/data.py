@@ -1,0 +1,104 @@
+"""The training screen: read it (building the synthetic demo screen first if asked), pair cells,
+and batch them in an order fixed by (seed, epoch) so a resumed run sees the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from napari_cellflux.channels import Channel, default_channels
+from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
+from napari_cellflux.data.impa import CONVENTIONS, read_impa
+from napari_cellflux.data.plain import read_plain
+from napari_cellflux.perturbations import Vocabulary, read_embedding_csv
+
+from .config import DataConfig
+
+
+class SeededItems(Dataset):
+    """Item i of ``pairs`` drawn with a generator seeded from (seed, epoch, i): the same draw
+    (control, dequantisation, flips) whichever worker or resumed run asks for it."""
+
+    def __init__(self, pairs: CellPairDataset, seed: int, epoch: int):
+        self.pairs, self.seed, self.epoch = pairs, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        entropy = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1, np.uint64)[0]
+        return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)))
+
+
+@dataclass
+class TrainingData:
+    pairs: CellPairDataset
+    vocabulary: Vocabulary
+    source: Path
+    seed: int
+
+    @property
+    def channels(self) -> int:
+        return self.pairs.shape[0]
+
+    @property
+    def default_channels(self) -> tuple[Channel, ...]:
+        return default_channels(self.channels)
+
+    def batches_per_epoch(self, batch_size: int, world_size: int) -> int:
+        """Full batches each process sees per epoch (the sampler drops the remainder)."""
+        return len(self.pairs) // world_size // batch_size
+
+    def loader(self, epoch: int, *, start_batch: int, batch_size: int, rank: int, world_size: int,
+               num_workers: int) -> Iterator[dict]:
+        """The batches of ``epoch`` for this rank from ``start_batch`` on (full batches only)."""
+        sampler = DistributedSampler(self.pairs, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        batches = [indices[i * batch_size:(i + 1) * batch_size] for i in range(self.batches_per_epoch(batch_size, world_size))]
+        if not batches:
+            raise ValueError(
+                f"{self.source}: {len(self.pairs)} training cells make no full batch of {batch_size} per process "
+                f"({world_size} processes); lower optim.batch_size"
+            )
+        items = SeededItems(self.pairs, self.seed, epoch)
+        return iter(DataLoader(items, batch_sampler=batches[start_batch:], num_workers=num_workers))
+
+
+def load_training_data(cfg: DataConfig, *, image_size: int, seed: int, build: bool) -> TrainingData:
+    """Read the screen of ``cfg`` (train split, held-out perturbations removed).
+
+    ``build``: make the synthetic screen in ``cfg.root`` first when ``cfg.synthetic`` is set and
+    it is missing (only rank 0 builds; the others wait and read).
+    """
+    root = Path(cfg.root)
+    metadata = _under(root, cfg.metadata)
+    if cfg.synthetic and build and not metadata.is_file():
+        from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+
+        make_synthetic_screen(root, SyntheticScreenConfig(seed=cfg.synthetic_seed, image_size=image_size))
+    if cfg.format == "plain":
+        table = read_plain(metadata)
+    elif cfg.format in CONVENTIONS:
+        table = read_impa(metadata, root, cfg.format)
+    else:
+        raise ValueError(f"data.format must be one of {sorted(CONVENTIONS)} or 'plain', got {cfg.format!r}")
+    vocabulary = read_embedding_csv(_under(root, cfg.embeddings), kind=cfg.kind)
+    vocabulary.smiles = {name: s for name, s in table.smiles.items() if name in vocabulary.names}
+    pairs = CellPairDataset(table, vocabulary, PairingConfig(split="train", held_out=tuple(cfg.held_out), flip_prob=cfg.flip_prob))
+    if pairs.shape[1:] != (image_size, image_size):
+        raise ValueError(
+            f"{metadata}: cells are {pairs.shape[1]} x {pairs.shape[2]} px but model.image_size is {image_size}; "
+            "set model.image_size to the crop size"
+        )
+    return TrainingData(pairs=pairs, vocabulary=vocabulary, source=metadata, seed=seed)
+
+
+def _under(root: Path, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else root / path

@@ -1,0 +1,318 @@
+"""Train a CellFlux velocity field: ``python -m training.train --config demo [section.key=value ...]``.
+
+Runs on one CPU, one GPU, or many through ``torchrun`` (DDP; gloo on CPU, NCCL on GPUs).
+Every ``run.checkpoint_every`` steps and at the end, rank 0 writes ``state.pt`` (resumable
+training state) and ``model.safetensors`` (the EMA weights as a self-contained model file)
+atomically; ``--resume`` continues from ``state.pt`` and gives the same weights as an
+uninterrupted run. The randomness of step s is seeded from (seed, s, rank) and the data
+order from (seed, epoch), so the step number is the whole RNG state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from napari_cellflux.atomic import atomic_write, atomic_write_text
+from napari_cellflux.channels import parse_channels
+from napari_cellflux.checkpoint import CellFluxModel, save_model
+from napari_cellflux.flow import flow_matching_loss, sample_t_skewed, x_t
+from napari_cellflux.model import UNet, UNetConfig, preset
+from napari_cellflux.normalization import Normalization
+from napari_cellflux.sampling import SamplingConfig
+
+from .config import TrainConfig, load_config
+from .data import TrainingData, load_training_data
+from .ema import EMA
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.csv"
+METRIC_COLUMNS = ("step", "epoch", "loss", "images_per_s", "elapsed_s")
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank=dist.get_rank(), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, ddp_local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("run.device is cuda but no CUDA GPU is available; use run.device=cpu")
+        device = torch.device("cuda", ddp_local_rank if int(os.environ.get("WORLD_SIZE", "1")) > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where supported, else fp16 (with a grad scaler); fp32 on CPU."""
+    if precision == "fp32" or device.type != "cuda":
+        if precision in ("bf16", "fp16") and device.type != "cuda":
+            raise ValueError(f"optim.precision={precision} needs a CUDA GPU; use auto or fp32 on {device.type}")
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    if precision in ("fp16", "auto"):
+        return torch.float16
+    raise ValueError(f"optim.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+
+
+def unet_config(cfg: TrainConfig, data: TrainingData) -> UNetConfig:
+    base = preset(cfg.model.preset) if cfg.model.preset else UNetConfig()
+    fields = {"in_channels": data.channels, "out_channels": data.channels, "condition_dim": data.vocabulary.dim}
+    return dataclasses.replace(base, **{**fields, **cfg.model.overrides})
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1009 + rank
+
+
+def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig, device, amp_dtype) -> torch.Tensor:
+    """One flow-matching loss on a batch of (control, target) pairs (FACTS.md, Training)."""
+    o = cfg.optim
+    x0 = batch["control"].to(device, non_blocking=True)
+    x1 = batch["target"].to(device, non_blocking=True)
+    n = len(x0)
+    if torch.rand(()) < o.noise_prob:  # per batch, as the authors do
+        x0 = x0 + o.noise_level * torch.randn_like(x0)
+    cond = embeddings[batch["perturbation"].to(device)]
+    # Classifier-free guidance training drops the condition of the whole batch. A zero mask
+    # rather than cond=None keeps the condition layer in the graph (zero gradient), which DDP
+    # needs: every rank must produce a gradient for every parameter.
+    keep = 0.0 if torch.rand(()) < o.class_drop_prob else 1.0
+    cond_mask = torch.full((n,), keep, device=device)
+    t = sample_t_skewed(n).to(device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
+    return flow_matching_loss(predicted.float(), x0, x1)
+
+
+def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig, step: int, epoch: int) -> str:
+    model = CellFluxModel(
+        unet=weights,
+        vocabulary=data.vocabulary,
+        channels=parse_channels(cfg.data.channels) if cfg.data.channels else data.default_channels,
+        image_size=cfg.model.image_size,
+        normalization=Normalization(255.0),
+        sampling=SamplingConfig(noise_level=cfg.optim.noise_level),
+        training=cfg.to_dict(),
+        provenance={"trained_with": "python -m training.train", "config": cfg.name, "step": step, "epoch": epoch,
+                    "data": str(data.source), "held_out": list(cfg.data.held_out)},
+    )
+    return save_model(model, path)
+
+
+def save_state(path: Path, unet: UNet, ema: EMA, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig) -> None:
+    """The resumable state: plain tensors and containers only, so it loads with weights_only=True."""
+    state = {
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "model": unet.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "config": cfg.to_dict(),
+    }
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"cannot resume from {path}: {str(err).splitlines()[0]}; delete it to start afresh") from err
+
+
+class MetricsLog:
+    """metrics.csv in the run folder; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if resume_step and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        lines = [",".join(METRIC_COLUMNS)] + [",".join(r[c] for c in METRIC_COLUMNS) for r in rows]
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        self.tensorboard = _tensorboard(path.parent)
+
+    def write(self, **values) -> None:
+        with open(self.path, "a") as f:
+            f.write(",".join(f"{values[c]:.6g}" if isinstance(values[c], float) else str(values[c]) for c in METRIC_COLUMNS) + "\n")
+        if self.tensorboard is not None:
+            for key in ("loss", "images_per_s"):
+                self.tensorboard.add_scalar(f"train/{key}", values[key], values["step"])
+
+
+def _tensorboard(folder: Path):
+    with contextlib.suppress(ImportError):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(folder / "tensorboard"))
+    return None
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    """The final model file (written by rank 0)."""
+    unet: UNet
+    """This process's trained weights (identical on every rank)."""
+    ema: EMA
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Run training to ``cfg.optim.steps`` (or ``cfg.optim.epochs``)."""
+    device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    ddp = init_distributed(device)
+    try:
+        return _train(cfg, resume, quiet, device, ddp)
+    finally:
+        if ddp.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, ddp: Distributed) -> TrainResult:
+    out = Path(cfg.run.out)
+    data = load_training_data(cfg.data, image_size=cfg.model.image_size, seed=cfg.run.seed, build=ddp.is_main)
+    if ddp.world_size > 1:
+        dist.barrier()  # the synthetic screen is built by rank 0
+        data = load_training_data(cfg.data, image_size=cfg.model.image_size, seed=cfg.run.seed, build=False)
+
+    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+    unet = UNet(unet_config(cfg, data)).to(device)
+    ema = EMA(unet, max_decay=cfg.optim.ema_max_decay)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    amp_dtype = autocast_dtype(cfg.optim.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    embeddings = data.vocabulary.embeddings.to(device)
+    total_steps = cfg.optim.steps
+    if cfg.optim.epochs is not None:
+        total_steps = cfg.optim.epochs * data.batches_per_epoch(cfg.optim.batch_size, ddp.world_size)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    state_path = out / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out}; run without --resume to start")
+        state = load_state(state_path)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    elif state_path.is_file():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another run.out")
+
+    model = DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else unet
+    log = None
+    if ddp.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", _yaml(cfg))
+        log = MetricsLog(out / METRICS_FILE, step)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=quiet or not ddp.is_main, unit="step", dynamic_ncols=True)
+    started, last_time, last_step = time.time(), time.time(), step
+    unet.train()
+    while step < total_steps:
+        for batch in data.loader(epoch, start_batch=batch_in_epoch, batch_size=cfg.optim.batch_size,
+                                 rank=ddp.rank, world_size=ddp.world_size, num_workers=cfg.data.num_workers):
+            torch.manual_seed(step_seed(cfg.run.seed, step, ddp.rank))
+            loss = training_step(model, batch, embeddings, cfg, device, amp_dtype)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower optim.lr or use optim.precision=fp32")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(unet)
+            step += 1
+            batch_in_epoch += 1
+            bar.update(1)
+            if ddp.is_main and (step % cfg.run.log_every == 0 or step == total_steps):
+                now = time.time()
+                rate = (step - last_step) * cfg.optim.batch_size * ddp.world_size / max(now - last_time, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
+                log.write(step=step, epoch=epoch, loss=loss.item(), images_per_s=rate, elapsed_s=now - started)
+                last_time, last_step = now, step
+            if step % cfg.run.checkpoint_every == 0 or step == total_steps:
+                if ddp.is_main:
+                    save_state(state_path, unet, ema, optimizer, scaler, step, epoch, batch_in_epoch, cfg)
+                    export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch)
+            if step >= total_steps:
+                break
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    return TrainResult(model_path=out / MODEL_FILE, unet=unet, ema=ema)
+
+
+def _yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    values = cfg.to_dict()
+    values["optim"]["betas"] = list(values["optim"]["betas"])
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="demo, bbbc021, rxrx1, cpg0000, or a YAML file")
+    parser.add_argument("--resume", action="store_true", help="continue the run in run.out from its state.pt")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.steps=500 run.out=runs/x")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, resume=args.resume, quiet=args.quiet)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as err:
+        print(f"training: error: {err}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print(
+            "training: error: the GPU ran out of memory; lower optim.batch_size (or use more GPUs with torchrun); "
+            "the last checkpoint is intact, resume with --resume",
+            file=sys.stderr,
+        )
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model written to {result.model_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
