@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .checkpoint import CellFluxModel, is_own_format, load_model_file
 from .channels import describe
-from .flow import guided, x_init
+from .flow import network_velocity, x_init
 from .published import load_published
 from .sampling import SamplingConfig, integrate, solver, time_grid
 
@@ -50,14 +50,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, **published_options) -> CellFluxModel:
-    """Load a napari-cellflux model file or a published CellFlux ``checkpoint.pth`` onto ``device``.
+    """Load a napari-cellflux model file, a published CellFlux ``checkpoint.pth``, or a model zoo
+    name ("bbbc021", see ``cellflux zoo list``; downloaded and converted on first use) onto ``device``.
 
     ``published_options`` go to :func:`napari_cellflux.published.load_published` (embeddings,
-    channels, kind, image_size, use_ema, config) and only apply to published checkpoints.
+    channels, kind, image_size, use_ema, config) and only apply to published checkpoints; a zoo
+    name takes only ``embeddings`` (your own embedding table).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        from . import zoo
+
+        registry = zoo.default_zoo()
+        if str(path) not in registry.names():
+            raise FileNotFoundError(
+                f"model file {path} does not exist, and {str(path)!r} is not a zoo model name "
+                f"({', '.join(registry.names())}; see `cellflux zoo list`)"
+            )
+        others = sorted(set(published_options) - {"embeddings"})
+        if others:
+            raise ValueError(f"zoo model {str(path)!r} takes only the embeddings option, not {others}")
+        return registry.load(str(path), resolve_device(device), embeddings=published_options.get("embeddings"))
     device = resolve_device(device)
     if is_own_format(path):
         if published_options:
@@ -95,6 +108,30 @@ class Trajectory:
     def at(self, t: float) -> torch.Tensor:
         """(N, C, H, W) the state at the grid time nearest to ``t``."""
         return self.states[self.index_at(t)]
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The network's autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def autocast_network(unet, dtype: torch.dtype | None):
+    """``unet`` run under autocast to ``dtype`` (if any), returning fp32 velocities."""
+    if dtype is None:
+        return unet
+
+    def network(*args):
+        with torch.autocast(args[0].device.type, dtype=dtype):
+            return unet(*args).float()
+
+    return network
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -166,6 +203,7 @@ def generate(
     batch_size: int = 64,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
+    precision: str = "auto",
 ) -> Trajectory:
     """Carry control cells to the perturbed state by integrating dx/dt = v(x, t, c).
 
@@ -174,6 +212,8 @@ def generate(
     (unconditional). sampling: solver, grid, steps, guidance, noise level (default: the
     model's). seed fixes the noise, drawn on the CPU so results agree across devices.
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
+    precision: "auto" (bf16 network on GPUs that support it, else fp32), "fp32", "bf16",
+    "fp16"; the ODE state is always integrated in fp32.
     """
     sampling = sampling or model.sampling
     x = check_controls(model, controls)
@@ -182,7 +222,8 @@ def generate(
         sampling = replace(sampling, guidance=0.0)  # guidance needs a condition to push away from
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device, unet = model.device, model.unet
+    device = model.device
+    network = autocast_network(model.unet, autocast_dtype(precision, device))
     grid = time_grid(sampling.grid, sampling.steps)
     step = solver(sampling.solver)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -203,9 +244,7 @@ def generate(
         for start in range(0, len(x), batch_size):
             control = x[start:start + batch_size].to(device)
             c = None if cond is None else cond.to(device).expand(len(control), -1)
-            conditional = lambda xt, t, c=c: unet(xt, t.expand(len(xt)), c)  # noqa: E731
-            unconditional = lambda xt, t: unet(xt, t.expand(len(xt)), None)  # noqa: E731
-            velocity = guided(conditional, unconditional, sampling.guidance)
+            velocity = network_velocity(network, c, sampling.guidance)
             start_state = x_init(control, noise[start:start + batch_size].to(device), sampling.noise_level)
             chunks.append(integrate(step, velocity, start_state, grid, after_step).float().cpu())
     metadata = {
@@ -214,6 +253,7 @@ def generate(
         "seed": seed,
         **sampling.to_dict(),
         "network_evaluations": sampling.evaluations,
+        "precision": str(autocast_dtype(precision, device) or torch.float32).removeprefix("torch."),
         "channels": [c.name for c in model.channels],
         "napari_cellflux_version": __version__,
         "torch_version": torch.__version__,

@@ -103,6 +103,72 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+
+    config = SyntheticScreenConfig(
+        image_size=args.image_size, channels=args.channels, batches=args.batches,
+        controls_per_batch=args.controls_per_batch, cells_per_perturbation=args.cells_per_perturbation, seed=args.seed,
+    )
+    screen = read_synthetic_screen(make_synthetic_screen(args.out, config))
+    seen = [p for p in screen.table.perturbations if p not in screen.held_out]
+    print(
+        f"wrote {args.out}: {len(screen.table)} cells of {args.image_size} x {args.image_size} px x {args.channels} channels "
+        f"in {len(screen.table.batches)} batches; DMSO controls, {len(seen)} training perturbations "
+        f"({', '.join(seen)}), held out: {', '.join(screen.held_out) or 'none'}"
+    )
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from .data.extract import ExtractionConfig, extract_cells, write_extracted
+    from .data.intensity import IntensityScaling
+
+    scaling = IntensityScaling("range", *args.range) if args.range else IntensityScaling("percentile", *args.percentiles)
+    config = ExtractionConfig(
+        crop_size=args.crop_size, nucleus_channel=args.nucleus_channel, smoothing_sigma=args.sigma,
+        min_area=args.min_area, split_touching=not args.no_split, scaling=scaling,
+    )
+    labels = tifffile.imread(args.labels) if args.labels else None
+    cells = extract_cells(args.field, config, labels=labels, channel_axis=args.channel_axis)
+    csv_path = write_extracted(
+        cells, args.out, perturbation=args.perturbation, batch=args.batch, is_control=args.control,
+        split=args.split, prefix=args.prefix or args.field.stem, source=str(args.field), config=config,
+    )
+    print(
+        f"wrote {len(cells.crops)} cells ({cells.crops.shape[1]} channels, {args.crop_size} x {args.crop_size} px) "
+        f"to {args.out}, listed in {csv_path}; {cells.dropped_at_border} nuclei too close to the border were skipped; "
+        f"intensity {cells.scaling['mode']} low {cells.scaling['low']} high {cells.scaling['high']} -> 0..255"
+    )
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import zoo as zoo_module
+
+    zoo = zoo_module.default_zoo()
+    if args.action == "list":
+        rows = zoo.list_models()
+        width = max((len(r.name) for r in rows), default=4)
+        for r in rows:
+            print(f"{r.name:<{width}}  {r.kind:<9}  {r.state:<12}  {r.description}")
+            print(f"{'':<{width}}  {r.detail}")
+        print(f"cache: {zoo.cache_dir} (set {zoo_module.ENV_CACHE} to move it)")
+        if zoo.base_url:
+            print(f"mirror: {zoo.base_url} (from {zoo_module.ENV_URL})")
+    elif args.action == "fetch":
+        print(zoo.fetch(args.name, embeddings=args.embeddings, progress=not args.quiet))
+    elif args.action == "path":
+        print(zoo.path(args.name, embeddings=args.embeddings))
+    elif args.action == "rm":
+        removed = zoo.remove(args.name, unpin=args.unpin)
+        pins = "; its pins were dropped" if args.unpin else "; pins kept (a re-download is checked against them)"
+        print(f"removed {len(removed)} cached file(s) of {args.name}{pins}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellflux", description="CellFlux: simulate perturbed cells by flow matching.")
     parser.add_argument("--version", action="version", version=f"napari-cellflux {__version__}")
@@ -148,6 +214,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-only", action="store_true", help="write only the final (t = 1) state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
+    p = sub.add_parser("synth", help="write a synthetic screen with known ground truth (IMPA BBBC021 layout)")
+    p.add_argument("--out", type=Path, required=True, help="new or empty output folder")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    p.add_argument("--image-size", type=int, default=32, help="crop side in pixels (default 32; 96 is paper-like)")
+    p.add_argument("--channels", type=int, default=3, help="DNA, cytoskeleton, cytoplasm, then extra stains (default 3)")
+    p.add_argument("--batches", type=int, default=3, help="batches with their own gain and background (default 3)")
+    p.add_argument("--controls-per-batch", type=int, default=40, help="DMSO cells per batch (default 40)")
+    p.add_argument("--cells-per-perturbation", type=int, default=12, help="cells per perturbation and batch (default 12)")
+    p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("extract", help="segment nuclei in a field image and write centred single-cell crops (plain format)")
+    p.add_argument("field", type=Path, help="field TIFF: (H, W), (C, H, W) or (H, W, C)")
+    p.add_argument("--out", type=Path, required=True, help="plain-format folder (cells.csv + TIFFs); fields accumulate")
+    p.add_argument("--perturbation", required=True, help="what the well was treated with, e.g. DMSO or taxol")
+    p.add_argument("--batch", required=True, help="batch / plate of the field (controls pair within a batch)")
+    p.add_argument("--control", action="store_true", help="the field shows control (e.g. DMSO) cells")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--prefix", help="crop file name prefix (default: the field's file name)")
+    p.add_argument("--crop-size", type=int, default=96, help="crop side in pixels, the model's image size (default 96)")
+    p.add_argument("--nucleus-channel", type=int, default=0, help="channel of the DNA stain (default 0)")
+    p.add_argument("--channel-axis", type=int, help="channel axis of a 3-D image (default: guessed)")
+    p.add_argument("--labels", type=Path, help="nucleus label image (TIFF, same H x W) instead of segmenting")
+    p.add_argument("--sigma", type=float, default=2.0, help="Gaussian blur before Otsu, px (default 2)")
+    p.add_argument("--min-area", type=int, default=100, help="smallest nucleus kept, px (default 100)")
+    p.add_argument("--no-split", action="store_true", help="do not split touching nuclei by watershed")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
+                       help="per-image, per-channel percentiles mapped to 0 and 255 (default 1 99.8)")
+    scale.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="fixed intensities mapped to 0 and 255, e.g. 0 4095 for 12-bit images")
+    p.set_defaults(run=cmd_extract)
+    p = sub.add_parser("zoo", help="list, download and locate ready-to-use models (the published CellFlux checkpoints)")
+    zoo_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    z = zoo_sub.add_parser("list", help="the models, whether each is ready, downloadable or unavailable, and the cache")
+    z.set_defaults(run=cmd_zoo)
+    for action, text in (("fetch", "download, verify and convert a model (once); prints its path"),
+                         ("path", "print a model's local file without downloading (error if not fetched)")):
+        z = zoo_sub.add_parser(action, help=text)
+        z.add_argument("name", help="zoo model name, e.g. bbbc021 (see `cellflux zoo list`)")
+        z.add_argument("--embeddings", type=Path, help="your own embedding CSV instead of the registry's (e.g. emb_fp.csv)")
+        if action == "fetch":
+            z.add_argument("--quiet", action="store_true", help="no progress bars")
+        z.set_defaults(run=cmd_zoo)
+    z = zoo_sub.add_parser("rm", help="delete a model's cached files")
+    z.add_argument("name")
+    z.add_argument("--unpin", action="store_true", help="also forget the pinned hashes (accept a changed remote file)")
+    z.set_defaults(run=cmd_zoo)
     return parser
 
 

@@ -95,7 +95,7 @@ def read_embedding_csv(path: str | Path, kind: str = "other", control: str | Non
         raise ValueError(f"embedding CSV {path} could not be parsed: {err}") from err
     if table.empty:
         raise ValueError(f"embedding CSV {path} has no rows; expected one row of floats per perturbation")
-    non_numeric = [c for c in table.columns if not np.issubdtype(table[c].dtype, np.number)]
+    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
         raise ValueError(
             f"embedding CSV {path}: columns {non_numeric[:5]} are not numeric; expected the name in the "

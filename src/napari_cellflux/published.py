@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +41,23 @@ def torch_load_safely(path: str | Path) -> object:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"refused to load {path}: it contains Python objects that are not on the allow-list "
-            f"(only tensors, plain containers and argparse.Namespace are), so unpickling it could run "
-            f"code. Only load checkpoints from a source you trust, in the published layout. Detail: "
-            f"{str(err).splitlines()[0]}"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise ValueError(
-            f"{path} is not a readable torch checkpoint ({str(err).splitlines()[0]}); it may be "
-            "truncated: download it again"
-        ) from err
+        if "global" in str(err).lower():  # the allow-list refused a named Python object
+            raise UnsafeCheckpointError(
+                f"refused to load {path}: it contains Python objects that are not on the allow-list "
+                f"(only tensors, plain containers and argparse.Namespace are), so unpickling it could run "
+                f"code. Only load checkpoints from a source you trust, in the published layout. Detail: "
+                f"{str(err).splitlines()[-3] if len(str(err).splitlines()) > 3 else err}"
+            ) from err
+        raise _not_a_checkpoint(path, "its bytes are no pickle torch can read") from err
+    except Exception as err:  # garbage bytes fail in torch's legacy reader in many ways
+        raise _not_a_checkpoint(path, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
+
+
+def _not_a_checkpoint(path: Path, detail: str) -> ValueError:
+    return ValueError(
+        f"{path} is not a readable torch checkpoint ({detail[:120]}); it may be truncated or another kind of "
+        "file: download it again or check the path"
+    )
 
 
 @dataclass

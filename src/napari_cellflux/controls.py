@@ -1,0 +1,109 @@
+"""Control cells for generation from what a user has at hand: stacks of crops (arrays or files),
+whole fields (cells are extracted), or synthetic sample cells. No Qt, no napari.
+
+Every function returns stored pixels (N, C, H, W) checked against the model (channel count,
+crop size, pixel range), ready for ``model.normalization.to_model``. ``source`` names the
+input in error messages (a napari layer, a file), so a message says which input to fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .channels import describe
+from .crops import read_crops, to_nchw
+
+if TYPE_CHECKING:
+    from .checkpoint import CellFluxModel
+    from .data.extract import ExtractionConfig
+
+# The extraction defaults are tuned for the published 96 x 96 crops (FACTS); lengths scale with
+# the crop side because a model trained on S-px crops expects cells imaged at that scale.
+REFERENCE_CROP_SIZE = 96
+
+
+def check_crops(pixels: np.ndarray, model: "CellFluxModel", source: str) -> np.ndarray:
+    """``pixels`` (N, C, H, W) if they fit ``model``; else a ValueError naming ``source`` and the fix."""
+    n, c, h, w = pixels.shape
+    if c != model.config.in_channels:
+        raise ValueError(
+            f"{source}: {c} channel(s), but the model takes {describe(model.channels)}; choose one layer with "
+            f"a channel axis, or {model.config.in_channels} single-channel layers in that order"
+        )
+    if (h, w) != (model.image_size, model.image_size):
+        raise ValueError(
+            f"{source}: cells are {h} x {w} px, but the model takes {model.image_size} x {model.image_size} crops; "
+            "crop or resize the cells, or give the whole field so cells are cut out at the model's size"
+        )
+    top = model.normalization.max_value
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > top:
+        raise ValueError(
+            f"{source}: pixel values range from {low:g} to {high:g}, but the model takes stored pixels in "
+            f"0..{top:g} (8-bit crops); rescale them, or give the whole field (its intensities are scaled)"
+        )
+    return pixels
+
+
+def stack_channels(arrays: Sequence[np.ndarray], source: str) -> np.ndarray:
+    """One array as is, or several single-channel arrays of one shape stacked on a channel axis
+    (axis -3: (H, W) planes -> (C, H, W); (N, H, W) stacks -> (N, C, H, W))."""
+    if not arrays:
+        raise ValueError(f"{source}: nothing selected; pick the image layer(s) holding the cells")
+    if len(arrays) == 1:
+        return np.asarray(arrays[0])
+    shapes = {np.shape(a) for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{source}: the selected single-channel layers differ in shape ({', '.join(map(str, sorted(shapes)))}); "
+            "select the channels of one image"
+        )
+    return np.stack([np.asarray(a) for a in arrays], axis=-3)
+
+
+def crops_from_arrays(arrays: Sequence[np.ndarray], model: "CellFluxModel", source: str) -> np.ndarray:
+    """Crops from one stack with a channel axis ((N, C, H, W) or (N, H, W, C)) or from one (N, H, W)
+    stack per channel, in the model's channel order."""
+    pixels = to_nchw(stack_channels(arrays, source), model.config.in_channels, source)
+    return check_crops(pixels, model, source)
+
+
+def crops_from_file(path: str | Path, model: "CellFluxModel") -> np.ndarray:
+    """Crops from a .npy / .tif stack or a folder of them (see :func:`napari_cellflux.crops.read_crops`)."""
+    return check_crops(read_crops(path, model.config.in_channels), model, str(path))
+
+
+def extraction_config(crop_size: int) -> "ExtractionConfig":
+    """The default cell extraction with its lengths scaled from 96-px crops to ``crop_size``."""
+    from .data.extract import ExtractionConfig
+
+    default = ExtractionConfig()
+    f = crop_size / REFERENCE_CROP_SIZE
+    return replace(
+        default,
+        crop_size=crop_size,
+        smoothing_sigma=default.smoothing_sigma * f,
+        min_area=max(1, round(default.min_area * f * f)),
+        min_separation=max(1, round(default.min_separation * f)),
+    )
+
+
+def crops_from_field(
+    arrays: Sequence[np.ndarray], model: "CellFluxModel", source: str, labels: np.ndarray | None = None
+) -> np.ndarray:
+    """Cells cut out of a whole field: one (C, H, W) / (H, W, C) image or one (H, W) plane per
+    channel. Nuclei are segmented on the first channel (the DNA stain) unless ``labels`` (H, W)
+    come from another segmentation."""
+    from .data.extract import extract_cells
+
+    image = stack_channels(arrays, source)
+    try:
+        cells = extract_cells(image, extraction_config(model.image_size), labels=labels)
+    except ValueError as err:  # its messages name the array "image"; say which input it was
+        raise ValueError(f"{source}: {err}") from None
+    return check_crops(cells.crops, model, source)

@@ -1,0 +1,54 @@
+"""Sample inputs drawn by the synthetic screen generator: control cells and a whole field.
+
+They are made on the fly (nothing to ship, no licence question) at the scale of the bundled demo
+model (32-px cells, 3 channels), so they work with it out of the box. No Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from .channels import Channel, default_channels
+
+DEMO_IMAGE_SIZE = 32
+DEMO_CHANNELS = 3
+
+
+def synthetic_channels(count: int = DEMO_CHANNELS) -> tuple[Channel, ...]:
+    """The synthetic screen's channel names (DNA, cytoskeleton, cytoplasm, ...) with display colours."""
+    from .data.synthetic import channel_names
+
+    return tuple(Channel(name, c.color) for name, c in zip(channel_names(count), default_channels(count)))
+
+
+def synthetic_controls(n: int = 16, image_size: int = DEMO_IMAGE_SIZE, channels: int = DEMO_CHANNELS, seed: int = 0) -> np.ndarray:
+    """``n`` DMSO control cells of one synthetic batch as (N, C, S, S) uint8.
+
+    They come from :func:`make_synthetic_screen` itself (written to a temporary folder and read
+    back), so they carry exactly the screen's cell drawing, batch artefacts and pixel noise.
+    """
+    from .data.cells import load_cell
+    from .data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+
+    if n < 2:
+        raise ValueError(f"ask for at least 2 synthetic control cells, got {n}")
+    config = SyntheticScreenConfig(
+        image_size=image_size, channels=channels, batches=1, controls_per_batch=n,
+        perturbations=(), held_out=(), test_fraction=0.0, seed=seed,
+    )
+    with tempfile.TemporaryDirectory(prefix="cellflux-sample-") as folder:
+        make_synthetic_screen(folder, config)
+        cells = read_synthetic_screen(folder).table.cells
+        return np.stack([load_cell(path) for path in cells.loc[cells["is_control"], "path"]])
+
+
+def synthetic_field(seed: int = 0):
+    """A 256 x 256 synthetic DMSO field of about 24 cells at the demo's scale, with its true
+    nucleus labels (:class:`napari_cellflux.data.synthetic.SyntheticField`)."""
+    from .data.synthetic import make_synthetic_field
+
+    return make_synthetic_field(
+        (256, 256), n_cells=24, channels=DEMO_CHANNELS, cell_size=DEMO_IMAGE_SIZE, seed=seed
+    )

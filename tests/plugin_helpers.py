@@ -1,0 +1,31 @@
+"""Helpers shared by the plugin tests (widget, layout, controls, results): a tiny compound model
+at the demo's scale (3 synthetic channels, 32 x 32 crops), fast enough for 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari_cellflux
+from napari_cellflux.checkpoint import CellFluxModel, save_model
+from napari_cellflux.chem import compound_vocabulary
+from napari_cellflux.model import UNet
+from napari_cellflux.samples import synthetic_channels
+from napari_cellflux.sampling import SamplingConfig
+
+from helpers import randomize, tiny_config
+
+DEMO = Path(napari_cellflux.__file__).parent / "assets" / "demo.safetensors"
+COMPOUNDS = {"colchicine": "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2", "PP-2": "CC(C)(C)n1nc(-c2ccc(Cl)cc2)c2c(N)ncnc21"}
+FAST = SamplingConfig(solver="euler", grid="uniform", steps=4, guidance=0.2, noise_level=0.5)
+
+
+def tiny_model(seed: int = 0) -> CellFluxModel:
+    """Random weights (all non-zero, so every step changes the cells), compound vocabulary with DMSO."""
+    vocabulary = compound_vocabulary(COMPOUNDS, control="DMSO")
+    unet = randomize(UNet(tiny_config(condition_dim=vocabulary.dim)), seed)
+    return CellFluxModel(unet=unet, vocabulary=vocabulary, channels=synthetic_channels(3), image_size=32, sampling=FAST)
+
+
+def tiny_model_file(path: Path) -> Path:
+    save_model(tiny_model(), path)
+    return path
