@@ -10,6 +10,10 @@ import torch
 
 from helpers import GOLDEN, STATE_DICT_JSON
 
+# The tests run tiny networks, whose many small parallel regions gain nothing from threads; on a
+# busy 2-core machine OpenMP's spinning threads made one parity test 20x slower (125 s vs 6 s).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def official_state_dict() -> dict:

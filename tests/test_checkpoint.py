@@ -181,6 +181,8 @@ def test_file_missing_a_weight_names_it(tmp_path):
 def test_wrong_channel_count_names_the_numbers():
     with pytest.raises(ValueError, match=r"takes 3 channels but 2 channels \(DNA, tubulin\)"):
         _model(channels=CHANNELS[:2])
+    with pytest.raises(ValueError, match=r"takes 3 channels but 4 channels \(DNA, tubulin, actin, Mito\).*name exactly 3"):
+        _model(channels=CHANNELS + (Channel("Mito", "yellow"),))
 
 
 def test_wrong_embedding_width_names_the_numbers():

@@ -195,3 +195,13 @@ def test_network_velocity_matches_two_separate_unet_calls():
         separate = guided(lambda x, t: unet(x, t.expand(len(x)), cond),
                           lambda x, t: unet(x, t.expand(len(x)), None), 0.7)(x, t)
     torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_network_velocity_unbatched_is_two_separate_calls():
+    net = _RecordingNetwork()
+    x = _pair(3)[0]
+    cond = torch.randn(3, 5)
+    w = 0.2
+    out = network_velocity(net, cond, w, batched=False)(x, torch.tensor(0.4, dtype=torch.float64))
+    assert [(n, c is cond, c is None, mask) for n, _, c, mask in net.calls] == [(3, True, False, None), (3, False, True, None)]
+    torch.testing.assert_close(out, (1 + w) * (2 * x + 0.4) - w * (x + 0.4))

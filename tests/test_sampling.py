@@ -213,3 +213,15 @@ def test_sampling_config_defaults_are_the_papers():
 def test_sampling_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingConfig(**kwargs)
+
+
+def test_integrate_can_keep_only_the_final_state():
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grid = edm_grid(6).double()
+    calls = []
+    every = integrate(heun_step, lambda x, t: torch.sin(t) * x, x, grid)
+    last = integrate(heun_step, lambda x, t: torch.sin(t) * x, x, grid,
+                     callback=lambda i, xi: calls.append(i), keep_all=False)
+    assert last.shape == (1, *x.shape)
+    torch.testing.assert_close(last[0], every[-1], rtol=0, atol=0)
+    assert calls == list(range(1, len(grid)))

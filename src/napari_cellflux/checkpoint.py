@@ -126,6 +126,8 @@ def file_sha256(path: str | Path) -> str:
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> CellFluxModel:
     """Read a model written by :func:`save_model` onto ``device``."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}

@@ -22,7 +22,7 @@ from .checkpoint import CellFluxModel, file_sha256, load_weights
 from .model import UNet, UNetConfig, preset
 from .normalization import Normalization
 from .perturbations import Vocabulary, read_embedding_csv
-from .sampling import SamplingConfig
+from .sampling import SOLVERS, SamplingConfig
 
 ALLOWED_GLOBALS = (argparse.Namespace,)
 DATASET_KINDS = {"bbbc021": "compound", "rxrx1": "gene", "cpg0000": "other"}
@@ -111,8 +111,10 @@ class PublishedCheckpoint:
     def sampling_defaults(self) -> SamplingConfig:
         """The authors' sampling settings recorded in ``args``, else the paper's."""
         a, paper = self.args, SamplingConfig()
+        solver = a.get("ode_method", paper.solver)
         return SamplingConfig(
-            solver=a.get("ode_method", paper.solver),
+            # An adaptive solver of theirs (e.g. dopri5) has no fixed-grid twin here: use the paper's.
+            solver=solver if solver in SOLVERS or solver == "heun2" else paper.solver,
             grid={True: "edm", False: "uniform"}.get(a.get("edm_schedule"), paper.grid),
             guidance=float(a.get("cfg_scale", paper.guidance)),
             noise_level=float(a.get("noise_level", paper.noise_level)),

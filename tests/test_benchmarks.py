@@ -1,0 +1,69 @@
+"""The benchmark command (issue 8) runs end to end in --quick mode and writes its JSONs and the
+Markdown table. No timing is asserted: only that every section produces its keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import common, run
+
+from plugin_helpers import tiny_model_file
+
+
+def test_quick_benchmark_writes_every_section(tmp_path):
+    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    out = tmp_path / "results"
+    assert run.main(["--quick", "--model", str(model), "--out", str(out), "--threads", "1",
+                     "--screen-cells", "12", "24", "--screen-chunk", "12"]) == 0
+    data = {name: json.loads((out / f"{name}.json").read_text()) for name in run.SECTIONS}
+    for d in data.values():
+        assert d["quick"] is True and d["environment"]["torch"] and d["environment"]["date_utc"]
+
+    demo = data["cpu_demo"]
+    assert demo["cells"] == 4 and demo["network_evaluations"] == 4
+    variants = {r["variant"] for r in demo["rows"]}
+    assert "eager_fp32_separate_cfg" in variants and "bf16_batched_cfg_channels_last" in variants
+    assert all("median_s" in r for r in demo["rows"])
+
+    thr = data["throughput"]
+    demo_rows = [r for r in thr["rows"] if r["size"] == "demo"]
+    assert all(r["status"] == "ok" for r in demo_rows)
+    assert {"images_per_s_at_100_nfe", "achieved_tflops", "percent_of_bf16_peak", "speedup_vs_baseline",
+            "peak_memory_mib", "flops_per_forward"} <= set(demo_rows[0])
+    paper = [r for r in thr["rows"] if r["size"] == "paper"]
+    assert paper and all(r["status"] == "not run: no GPU" for r in paper)
+    assert abs(paper[0]["flops_per_forward"] - 0.4075e12) < 0.005e12  # the paper's ~0.41 TFLOP per forward
+
+    q = data["quality"]
+    assert {(r["solver"], r["grid"]) for r in q["rows"]} == {(s, g) for s in ("euler", "midpoint", "heun") for g in ("uniform", "edm")}
+    assert q["best_at_most_20_nfe"]["nfe"] <= 20 and "within_5pct" in q["best_at_most_20_nfe"]
+    assert set(q["rows"][0]["morphology_relative_difference"]) >= {"nuclear_area", "cell_elongation", "intensity_c0"}
+    assert q["fid"].startswith("not run")
+
+    mem = data["screen_memory"]
+    assert [r["n_cells"] for r in mem["rows"]] == [12, 24] and all(r["status"] == "ok" for r in mem["rows"])
+    assert mem["rss_ratio_largest_to_smallest"] is not None
+
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("## Demo on the CPU", "## Throughput", "## Quality against network evaluations", "## Virtual-screen memory"):
+        assert heading in md
+    assert "--quick" in md and "not run: no GPU" in md
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+                                        ("NVIDIA H200", 989.0), ("NVIDIA A100-SXM4-80GB", 312.0), ("Some GPU", None)])
+def test_gpu_peak_table(name, peak):
+    assert common.gpu_peak_tflops(name) == peak
+
+
+def test_paper_preset_flops_and_parameters():
+    from napari_cellflux.model import UNet, count_parameters, preset
+
+    import torch
+
+    flops = common.flops_per_image(preset("bbbc021"), 96)
+    assert 0.40e12 < flops < 0.42e12
+    with torch.device("meta"):
+        assert abs(count_parameters(UNet(preset("bbbc021"))) - 56.2e6) < 0.1e6
