@@ -134,6 +134,71 @@ def autocast_network(unet, dtype: torch.dtype | None):
     return network
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(compile: bool | str, device: torch.device) -> str | None:
+    """The torch.compile mode for generate's ``compile`` option (None = eager): True picks
+    "reduce-overhead" (CUDA graphs) on CUDA and "default" elsewhere; a string names the mode."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+    return compile
+
+
+class _CompiledCache(dict):
+    """mode -> compiled UNet. Copies and pickles of the UNet start with an empty cache."""
+
+    def __deepcopy__(self, memo):
+        return _CompiledCache()
+
+    def __reduce__(self):
+        return _CompiledCache, ()
+
+
+def compiled_unet(unet, mode: str):
+    """``torch.compile(unet, mode=mode)``, built once per (UNet, mode) and kept on the UNet object,
+    so repeated :func:`generate` calls reuse the compiled code (it is traced on first use, and
+    again only for a new input shape, dtype or memory format). The cache lives in a plain dict
+    attribute, not a submodule: it never shows up in the state dict, and a deep copy of the UNet
+    starts without it."""
+    cache = unet.__dict__.setdefault("_cellflux_compiled", _CompiledCache())
+    if mode not in cache:
+        cache[mode] = torch.compile(unet, mode=mode)
+    return cache[mode]
+
+
+def fast_network(unet, device: torch.device, dtype: torch.dtype | None, compile: str | None):
+    """The UNet as generate calls it: optionally compiled, run under autocast to ``dtype``,
+    returning fp32 velocities. With CUDA graphs (compile modes "reduce-overhead" and
+    "max-autotune" on CUDA) every call starts a new graph step and its output is copied out of
+    the graph's memory, because a solver step keeps one evaluation while it makes the next."""
+    if compile is None:
+        return autocast_network(unet, dtype)
+    network = autocast_network(compiled_unet(unet, compile), dtype)
+    if device.type != "cuda" or compile not in _CUDA_GRAPH_MODES:
+        return network
+
+    def graphed(*args):
+        torch.compiler.cudagraph_mark_step_begin()
+        return network(*args).clone()
+
+    return graphed
+
+
+def set_memory_format(unet, channels_last: bool) -> None:
+    """Put the UNet's 4-d weights in channels_last (NHWC) or the default layout, if not already.
+    The values do not change, only their order in memory (tensor-core convolutions prefer NHWC)."""
+    probe = unet.out[-1].weight  # (C, >= 32, 3, 3): its layout is never ambiguous
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    if not probe.is_contiguous(memory_format=wanted):
+        unet.to(memory_format=wanted)
+
+
 ProgressCallback = Callable[[int, int], None]
 """progress(done, total): network-evaluation steps finished so far out of the whole run."""
 
@@ -204,6 +269,10 @@ def generate(
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool | str = False,
+    batch_guidance: bool = True,
+    final_only: bool = False,
 ) -> Trajectory:
     """Carry control cells to the perturbed state by integrating dx/dt = v(x, t, c).
 
@@ -214,6 +283,15 @@ def generate(
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
     precision: "auto" (bf16 network on GPUs that support it, else fp32), "fp32", "bf16",
     "fp16"; the ODE state is always integrated in fp32.
+
+    Speed options (they change how the network runs, not what it computes; each is tested
+    against the fp32 reference): ``channels_last`` keeps weights and activations in NHWC
+    (None = on for CUDA); ``compile`` runs a ``torch.compile``d UNet (True = "reduce-overhead",
+    i.e. CUDA graphs, on CUDA and "default" elsewhere, or name a mode), compiled once per model
+    and mode and reused by later calls; ``batch_guidance`` runs the conditional and
+    unconditional halves of a guided step as one forward (False: two forwards, the authors'
+    way). ``final_only`` keeps only the t = 1 state (``states`` is then (1, N, C, H, W)), so
+    memory does not grow with the number of steps.
     """
     sampling = sampling or model.sampling
     x = check_controls(model, controls)
@@ -223,7 +301,12 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = model.device
-    network = autocast_network(model.unet, autocast_dtype(precision, device))
+    dtype = autocast_dtype(precision, device)
+    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+    mode = compile_mode(compile, device)
+    set_memory_format(model.unet, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    network = fast_network(model.unet, device, dtype, mode)
     grid = time_grid(sampling.grid, sampling.steps)
     step = solver(sampling.solver)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -244,20 +327,27 @@ def generate(
         for start in range(0, len(x), batch_size):
             control = x[start:start + batch_size].to(device)
             c = None if cond is None else cond.to(device).expand(len(control), -1)
-            velocity = network_velocity(network, c, sampling.guidance)
+            velocity = network_velocity(network, c, sampling.guidance, batched=batch_guidance)
             start_state = x_init(control, noise[start:start + batch_size].to(device), sampling.noise_level)
-            chunks.append(integrate(step, velocity, start_state, grid, after_step).float().cpu())
+            start_state = start_state.contiguous(memory_format=memory_format)
+            states = integrate(step, velocity, start_state, grid, after_step, keep_all=not final_only)
+            chunks.append(states.float().contiguous().cpu())
     metadata = {
         **condition_info,
         "model_sha256": model.sha256,
         "seed": seed,
         **sampling.to_dict(),
         "network_evaluations": sampling.evaluations,
-        "precision": str(autocast_dtype(precision, device) or torch.float32).removeprefix("torch."),
+        "precision": str(dtype or torch.float32).removeprefix("torch."),
+        "channels_last": channels_last,
+        "compile": mode,
+        "batch_guidance": batch_guidance,
+        "states": "final" if final_only else "all",
         "channels": [c.name for c in model.channels],
         "napari_cellflux_version": __version__,
         "torch_version": torch.__version__,
         "device": str(device),
         "platform": platform.platform(),
     }
-    return Trajectory(states=torch.cat(chunks, dim=1), times=grid, controls=x, metadata=metadata)
+    times = grid[-1:] if final_only else grid
+    return Trajectory(states=torch.cat(chunks, dim=1), times=times, controls=x, metadata=metadata)

@@ -84,8 +84,8 @@ def network_velocity(network, cond: torch.Tensor | None, guidance: float = 0.0, 
     mask = torch.cat([torch.ones(len(cond)), torch.zeros(len(cond))]).to(cond.device)
     both = torch.cat([cond, cond])
 
-    def batched(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def one_forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_cond, v_uncond = network(torch.cat([x, x]), t.expand(2 * len(x)), both, mask).chunk(2)
         return guidance_mix(v_cond, v_uncond, guidance)
 
-    return batched
+    return one_forward

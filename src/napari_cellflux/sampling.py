@@ -90,16 +90,23 @@ def integrate(
     x: torch.Tensor,
     grid: torch.Tensor,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    *,
+    keep_all: bool = True,
 ) -> torch.Tensor:
     """Solve from ``grid[0]`` to ``grid[-1]``: returns (T, *x.shape), the state at each of the T grid times.
 
     ``callback(i, x_i)`` runs after step i (1..T-1), e.g. to report progress or to cancel by raising.
+    ``keep_all=False`` keeps only the final state, returned as (1, *x.shape): memory then does
+    not grow with the number of steps.
     """
     grid = grid.to(device=x.device, dtype=x.dtype)
     states = [x]
     for i in range(1, len(grid)):
         x = step(velocity, x, grid[i - 1], grid[i])
-        states.append(x)
+        if keep_all:
+            states.append(x)
+        else:
+            states[0] = x
         if callback is not None:
             callback(i, x)
     return torch.stack(states)

@@ -1,0 +1,1 @@
+"""Generation benchmarks (issue 8): ``python -m benchmarks.run [--quick]``; see docs/speed.md."""

@@ -1,0 +1,157 @@
+"""Virtual screens (issue 8): chunks streamed to disk, resumed without redoing finished chunks,
+split across ranks, identical to an uninterrupted single-process run; manifest checks; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_cellflux import screen as S
+from napari_cellflux.cli import main
+from napari_cellflux.sampling import SamplingConfig
+
+from plugin_helpers import tiny_model, tiny_model_file
+
+FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
+N_CELLS, CHUNK = 20, 8  # chunks of 8, 8 and 4 cells
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=7)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+
+
+def screen(model, pool, out, **options):
+    return S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
+                        sampling=FAST, seed=3, precision="fp32", **options)
+
+
+@pytest.fixture(scope="module")
+def full(model, pool, tmp_path_factory):
+    """An uninterrupted single-process screen: the reference of the other tests."""
+    out = tmp_path_factory.mktemp("full")
+    report = screen(model, pool, out)
+    return out, report
+
+
+def cells(out) -> np.ndarray:
+    return np.concatenate([c for _, c in S.read_screen(out).chunks()])
+
+
+def test_screen_writes_chunks_and_manifest(full, pool):
+    out, report = full
+    assert report.written == [0, 1, 2] and not report.skipped and report.complete
+    saved = S.read_screen(out)
+    assert saved.complete and saved.n_chunks == 3
+    assert [saved.chunk(i).shape for i in range(3)] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
+    assert saved.chunk(0).dtype == np.uint8
+    m = saved.manifest
+    assert m["n_cells"] == N_CELLS and m["chunk_size"] == CHUNK and m["seed"] == 3
+    assert m["condition"]["perturbation"] == "colchicine" and m["sampling"] == FAST.to_dict()
+    assert m["controls"] == {"n": 5, "sha256": S.pool_sha256(pool)}
+    assert not list(out.glob(".*.part"))
+    # the cells really moved away from their controls
+    start = pool[saved.control_indices(2)].astype(float)
+    assert np.abs(saved.chunk(2).astype(float) - start).mean() > 1
+
+
+def test_interrupted_screen_resumes_without_redoing_chunks(full, model, pool, tmp_path):
+    first = screen(model, pool, tmp_path, max_chunks=1)
+    assert first.written == [0] and first.remaining == [1, 2]
+    done = (tmp_path / S.chunk_name(0)).stat().st_mtime_ns
+
+    calls = []
+    cancel_after = lambda: calls.append(1) or len(calls) > 2  # cancels inside the second chunk
+    second = screen(model, pool, tmp_path, cancel=cancel_after)
+    assert second.cancelled and second.skipped == [0] and second.written == [] and second.remaining == [1, 2]
+    assert not (tmp_path / S.chunk_name(1)).exists() and not list(tmp_path.glob(".*.part"))
+
+    third = screen(model, pool, tmp_path)
+    assert third.skipped == [0] and third.written == [1, 2] and third.complete
+    assert (tmp_path / S.chunk_name(0)).stat().st_mtime_ns == done  # not rewritten
+    assert np.array_equal(cells(tmp_path), cells(full[0]))
+
+
+def test_deleted_chunk_is_remade_identically(full, model, pool, tmp_path):
+    screen(model, pool, tmp_path)
+    (tmp_path / S.chunk_name(1)).unlink()
+    (tmp_path / f".{S.chunk_name(1)}.deadbeef.part").write_bytes(b"half a chunk")  # a killed writer's leftover
+    report = screen(model, pool, tmp_path)
+    assert report.written == [1] and report.skipped == [0, 2]
+    assert not list(tmp_path.glob(".*.part"))
+    assert np.array_equal(cells(tmp_path), cells(full[0]))
+
+
+def test_two_ranks_make_disjoint_chunks_that_equal_one_process(full, model, pool, tmp_path, monkeypatch):
+    reports = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        reports.append(screen(model, pool, tmp_path))
+    assert reports[0].written == [0, 2] and reports[1].written == [1]
+    assert S.read_screen(tmp_path).complete
+    assert np.array_equal(cells(tmp_path), cells(full[0]))
+
+
+def test_manifest_mismatch_is_a_clear_error(full, model, pool):
+    out = full[0]
+    with pytest.raises(ValueError, match=r"different virtual screen \(seed: on disk 3, now 4"):
+        S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
+                     sampling=FAST, seed=4, precision="fp32")
+    with pytest.raises(ValueError, match="chunk_size"):
+        S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=4, perturbation="colchicine",
+                     sampling=FAST, seed=3, precision="fp32")
+    with pytest.raises(ValueError, match="controls"):
+        screen(model, pool[:4], out)
+
+
+def test_chunk_draws_depend_only_on_seed_and_index():
+    a = S.chunk_control_indices(1, 5, 10, 7)
+    assert np.array_equal(a, S.chunk_control_indices(1, 5, 10, 7))
+    assert not np.array_equal(a, S.chunk_control_indices(1, 6, 10, 7))
+    assert S.chunk_seed(1, 5) != S.chunk_seed(1, 6) and S.chunk_seed(1, 5) == S.chunk_seed(1, 5)
+    assert list(S.rank_chunks(7, 1, 3)) == [1, 4]
+    assert S.chunk_count(20, 8) == 3 and S.chunk_size_of(2, 20, 8) == 4
+
+
+def test_screen_memory_is_one_chunk(model, pool, tmp_path, monkeypatch):
+    """generate() is asked for one chunk of final states at a time, never for the whole screen."""
+    from napari_cellflux import api
+
+    seen = []
+    real = api.generate
+
+    def spy(model, controls, *args, **kwargs):
+        seen.append((len(controls), kwargs["final_only"]))
+        return real(model, controls, *args, **kwargs)
+
+    monkeypatch.setattr(api, "generate", spy)
+    S.run_screen(model, pool, tmp_path, n_cells=12, chunk_size=4, perturbation="colchicine",
+                 sampling=FAST, precision="fp32")
+    assert seen == [(4, True)] * 3
+
+
+def test_cli_screen_all_states(tmp_path, capsys):
+    model_file = tiny_model_file(tmp_path / "tiny.safetensors")
+    crops = tmp_path / "controls.npy"
+    np.save(crops, np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8))
+    args = ["screen", "--model", str(model_file), "--controls", str(crops), "--perturbation", "PP-2",
+            "--n-cells", "6", "--chunk-size", "4", "--out", str(tmp_path / "s"), "--solver", "euler",
+            "--grid", "uniform", "--steps", "2", "--device", "cpu", "--precision", "fp32", "--all-states", "--quiet"]
+    assert main(args + ["--max-chunks", "1"]) == 0
+    assert "1 left to make" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "1 already on disk" in capsys.readouterr().out
+    saved = S.read_screen(tmp_path / "s")
+    assert saved.complete and saved.chunk(1).shape == (2, 3, 3, 32, 32)  # (n, T, C, H, W)
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["states"] == "all"
+    assert main(args[:-1] + ["--seed", "9"]) == 2  # a different screen in the same folder
+    assert "different virtual screen" in capsys.readouterr().err
