@@ -68,15 +68,18 @@ def describe_model(model) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .api import generate, load_model
+    from .api import load_model
     from .channels import describe
-    from .crops import read_crops
-    from .export import write_trajectory_tiff
+    from .controls import crops_from_file
+    from .result import generate_from_pixels
+    from .samples import synthetic_controls
     from .sampling import SamplingConfig
 
     model = load_model(args.model, device=args.device)
-    pixels = read_crops(args.controls, model.config.in_channels)[: args.n_cells]
-    controls = model.normalization.to_model(pixels)
+    if args.controls is None:  # the demo's own kind of control cells, drawn at the model's scale
+        pixels = synthetic_controls(args.n_cells or 16, model.image_size, model.config.in_channels, args.seed)
+    else:
+        pixels = crops_from_file(args.controls, model)
     defaults = model.sampling
     sampling = SamplingConfig(
         solver=args.solver or defaults.solver,
@@ -90,16 +93,69 @@ def cmd_generate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        trajectory = generate(
-            model, controls, args.perturbation, smiles=args.smiles, sampling=sampling,
-            seed=args.seed, batch_size=args.batch_size, progress=progress,
+        result = generate_from_pixels(
+            model, pixels, n_cells=args.n_cells, device=args.device, perturbation=args.perturbation,
+            smiles=args.smiles, sampling=sampling, seed=args.seed, batch_size=args.batch_size, progress=progress,
         )
-    states, times = trajectory.states, trajectory.times
-    if args.final_only:
-        states, times = states[-1:], times[-1:]
-    write_trajectory_tiff(args.out, states, times, model.channels, model.normalization, trajectory.metadata)
-    label = trajectory.metadata["perturbation"] or "no perturbation (unconditional)"
-    print(f"wrote {args.out}: {len(times)} times x {states.shape[1]} cells x {describe(model.channels)} for {label}")
+    result.write_tiff(args.out, index=-1 if args.final_only else None)
+    times = 1 if args.final_only else len(result.times)
+    print(f"wrote {args.out}: {times} times x {len(result.controls)} cells x {describe(model.channels)} for {result.label}")
+    return 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .api import load_model, resolve_device
+    from .controls import crops_from_file
+    from .samples import synthetic_controls
+    from .sampling import SamplingConfig
+    from .screen import distributed_env, run_screen
+
+    rank, world, local_rank = distributed_env()
+    device = args.device
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per torchrun process
+    device = resolve_device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    model = load_model(args.model, device=device)
+    if args.controls is None:
+        pixels = synthetic_controls(64, model.image_size, model.config.in_channels, args.seed)
+    else:
+        pixels = crops_from_file(args.controls, model)
+    defaults = model.sampling
+    sampling = SamplingConfig(
+        solver=args.solver or defaults.solver,
+        grid=args.grid or defaults.grid,
+        steps=args.steps or defaults.steps,
+        guidance=defaults.guidance if args.guidance is None else args.guidance,
+        noise_level=defaults.noise_level if args.noise_level is None else args.noise_level,
+    )
+    compile_option = {None: False, "auto": True}.get(args.compile, args.compile)
+    with tqdm(total=1, desc=f"screen (rank {rank}/{world})" if world > 1 else "screen", unit="chunk",
+              disable=args.quiet) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_screen(
+            model, pixels, args.out, n_cells=args.n_cells, chunk_size=args.chunk_size,
+            perturbation=args.perturbation, smiles=args.smiles, sampling=sampling, seed=args.seed,
+            batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
+            compile=compile_option, all_states=args.all_states, max_chunks=args.max_chunks, progress=progress,
+        )
+    who = f"rank {rank} of {world}: " if world > 1 else ""
+    rate = f" ({report.cells_written / report.seconds:.1f} cells/s)" if report.cells_written and report.seconds else ""
+    print(
+        f"{who}wrote {len(report.written)} chunk(s), {report.cells_written} cells{rate}; "
+        f"{len(report.skipped)} already on disk; {len(report.remaining)} left to make "
+        f"(of {report.n_chunks} chunks in {args.out})"
+    )
+    if report.remaining:
+        print("run the same command again to resume")
     return 0
 
 
@@ -196,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("generate", help="generate perturbed cells from control crops and write a TIFF")
-    p.add_argument("--model", type=Path, required=True, help="model file (.safetensors) or published checkpoint.pth")
-    p.add_argument("--controls", type=Path, required=True, help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them")
+    p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
+    p.add_argument("--controls", type=Path, help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them (default: synthetic control cells)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
     cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
@@ -214,6 +270,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-only", action="store_true", help="write only the final (t = 1) state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
+    p = sub.add_parser("screen", help="virtual screen: generate many cells in chunks streamed to disk (resumable, torchrun-ready)")
+    p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
+    p.add_argument("--controls", type=Path, help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
+    cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+    p.add_argument("--n-cells", type=int, required=True, help="cells to generate, e.g. 100000")
+    p.add_argument("--chunk-size", type=int, default=1024, help="cells per chunk file (default 1024); memory is one chunk")
+    p.add_argument("--out", type=Path, required=True, help="screen folder: manifest.json + chunk_<i>.npy; run again to resume")
+    p.add_argument("--all-states", action="store_true", help="store every grid state, (n, T, C, H, W) per chunk (default: only the final t = 1 state)")
+    p.add_argument("--solver", choices=["euler", "midpoint", "heun"], help="ODE solver (default: the model's)")
+    p.add_argument("--grid", choices=["edm", "uniform"], help="time grid (default: the model's)")
+    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
+    p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="cells per forward pass (default 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1; under torchrun, auto/cuda = the process's LOCAL_RANK GPU")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="network precision (auto: bf16 on GPUs that support it)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on for CUDA)")
+    p.add_argument("--compile", nargs="?", const="auto", default=None,
+                   choices=["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile the UNet (auto: CUDA graphs on CUDA); pays off for long screens")
+    p.add_argument("--max-chunks", type=int, help="stop after making this many chunks (e.g. to fit a job's time limit)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_screen)
+
     p = sub.add_parser("synth", help="write a synthetic screen with known ground truth (IMPA BBBC021 layout)")
     p.add_argument("--out", type=Path, required=True, help="new or empty output folder")
     p.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
