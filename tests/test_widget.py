@@ -14,7 +14,7 @@ from npe2 import PluginManifest
 
 from napari_cellflux._writer import LAYER_KEY
 
-from plugin_helpers import DEMO, tiny_model_file
+from plugin_helpers import DEMO
 
 PLUGIN = "napari-cellflux"
 CHANNELS = ("DNA", "cytoskeleton", "cytoplasm")
@@ -22,10 +22,9 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture(scope="session")
-def model_file(tmp_path_factory):
-    """The model file the tests generate with. A tiny random model for now; to run them on the
-    bundled demo, return DEMO here (it has the same 3 channels and 32 x 32 crops)."""
-    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+def model_file():
+    """The tests generate with the bundled demo model (3 channels, 32 x 32 crops)."""
+    return DEMO
 
 
 @pytest.fixture
@@ -189,7 +188,6 @@ def test_whole_field_with_labels_and_an_unseen_compound(viewer_and_widget, qtbot
     assert "CC(=O)Oc1ccccc1C(=O)O [DNA]" in viewer.layers  # the previous result stays
 
 
-@pytest.mark.skipif(not DEMO.is_file(), reason="the bundled demo model is not in this checkout yet")
 def test_bundled_demo_is_listed_first_and_generates(viewer_and_widget, qtbot):
     viewer, widget = viewer_and_widget
     assert widget.model.choice.itemData(0) == "demo"

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from napari_cellflux.sampling import SamplingConfig
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -67,15 +69,20 @@ class RunConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (None: torch's default); fixes float summation order
 
 
 @dataclass
 class TrainConfig:
+    """``sampling``: the defaults the trained model file recommends (solver, grid, steps, guidance,
+    noise level); the paper's unless changed."""
+
     name: str = "custom"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

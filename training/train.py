@@ -30,7 +30,6 @@ from napari_cellflux.checkpoint import CellFluxModel, save_model
 from napari_cellflux.flow import flow_matching_loss, sample_t_skewed, x_t
 from napari_cellflux.model import UNet, UNetConfig, preset
 from napari_cellflux.normalization import Normalization
-from napari_cellflux.sampling import SamplingConfig
 
 from .config import TrainConfig, load_config
 from .data import TrainingData, load_training_data
@@ -124,7 +123,7 @@ def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig
         channels=parse_channels(cfg.data.channels) if cfg.data.channels else data.default_channels,
         image_size=cfg.model.image_size,
         normalization=Normalization(255.0),
-        sampling=SamplingConfig(noise_level=cfg.optim.noise_level),
+        sampling=cfg.sampling,
         training=cfg.to_dict(),
         provenance={"trained_with": "python -m training.train", "config": cfg.name, "step": step, "epoch": epoch,
                     "data": str(data.source), "held_out": list(cfg.data.held_out)},
@@ -195,6 +194,8 @@ class TrainResult:
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
     """Run training to ``cfg.optim.steps`` (or ``cfg.optim.epochs``)."""
+    if cfg.run.threads is not None:
+        torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     ddp = init_distributed(device)
     try:
