@@ -202,7 +202,8 @@ def test_default_zoo_reads_environment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="must start with http"):
         default_zoo({"CELLFLUX_ZOO_URL": "mirror.example.org"})
     states = {r.name: r.state for r in zoo.list_models()}
-    assert states == {"bbbc021": "downloadable", "rxrx1": "downloadable", "cpg0000": "downloadable"}
+    assert states == {"demo": "ready", "bbbc021": "downloadable", "rxrx1": "downloadable", "cpg0000": "downloadable"}
+    assert zoo.names()[0] == "demo"  # the bundled demo comes first (the widget's default)
 
 
 # ---- download, verify, convert, generate ---------------------------------------------------------
