@@ -65,29 +65,40 @@ def describe_model(model) -> str:
     )
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .api import load_model
-    from .channels import describe
+def control_pixels(args: argparse.Namespace, model, n_synthetic: int):
+    """(N, C, H, W) stored pixels from ``--controls``, else ``n_synthetic`` synthetic control cells
+    at the model's scale (the demo's own kind of cells)."""
     from .controls import crops_from_file
-    from .result import generate_from_pixels
     from .samples import synthetic_controls
+
+    if args.controls is None:
+        return synthetic_controls(n_synthetic, model.image_size, model.config.in_channels, args.seed)
+    return crops_from_file(args.controls, model)
+
+
+def sampling_from_args(args: argparse.Namespace, defaults):
+    """The model's sampling defaults with the options given on the command line."""
     from .sampling import SamplingConfig
 
-    model = load_model(args.model, device=args.device)
-    if args.controls is None:  # the demo's own kind of control cells, drawn at the model's scale
-        pixels = synthetic_controls(args.n_cells or 16, model.image_size, model.config.in_channels, args.seed)
-    else:
-        pixels = crops_from_file(args.controls, model)
-    defaults = model.sampling
-    sampling = SamplingConfig(
+    return SamplingConfig(
         solver=args.solver or defaults.solver,
         grid=args.grid or defaults.grid,
         steps=args.steps or defaults.steps,
         guidance=defaults.guidance if args.guidance is None else args.guidance,
         noise_level=defaults.noise_level if args.noise_level is None else args.noise_level,
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import load_model
+    from .channels import describe
+    from .result import generate_from_pixels
+
+    model = load_model(args.model, device=args.device)
+    pixels = control_pixels(args, model, args.n_cells or 16)
+    sampling = sampling_from_args(args, model.sampling)
     with tqdm(total=1, desc="generating", unit="step", disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -108,9 +119,6 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import load_model, resolve_device
-    from .controls import crops_from_file
-    from .samples import synthetic_controls
-    from .sampling import SamplingConfig
     from .screen import distributed_env, run_screen
 
     rank, world, local_rank = distributed_env()
@@ -122,18 +130,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     model = load_model(args.model, device=device)
-    if args.controls is None:
-        pixels = synthetic_controls(64, model.image_size, model.config.in_channels, args.seed)
-    else:
-        pixels = crops_from_file(args.controls, model)
-    defaults = model.sampling
-    sampling = SamplingConfig(
-        solver=args.solver or defaults.solver,
-        grid=args.grid or defaults.grid,
-        steps=args.steps or defaults.steps,
-        guidance=defaults.guidance if args.guidance is None else args.guidance,
-        noise_level=defaults.noise_level if args.noise_level is None else args.noise_level,
-    )
+    pixels = control_pixels(args, model, 64)
+    sampling = sampling_from_args(args, model.sampling)
     compile_option = {None: False, "auto": True}.get(args.compile, args.compile)
     with tqdm(total=1, desc=f"screen (rank {rank}/{world})" if world > 1 else "screen", unit="chunk",
               disable=args.quiet) as bar:
