@@ -1,1 +1,1 @@
-"""Generation benchmarks (issue 8): ``python -m benchmarks.run [--quick]``; see docs/speed.md."""
+"""Generation benchmarks (issue 8): ``python -m benchmarks.run [--quick]``; see the README, section Speed."""

@@ -187,7 +187,7 @@ def render(out: Path) -> str:
     """RESULTS.md from the section JSONs present in ``out``."""
     data = {name: json.loads((out / f"{name}.json").read_text()) for name in SECTIONS if (out / f"{name}.json").is_file()}
     lines = ["# Generation benchmarks", "",
-             "Written by `python -m benchmarks.run` (see docs/speed.md). Each section names where and when it was measured.", ""]
+             "Written by `python -m benchmarks.run` (see the README, section Speed). Each section names where and when it was measured.", ""]
     if any(d.get("quick") for d in data.values()):
         lines += ["> **Some sections below come from a `--quick` run: tiny sizes that only exercise the machinery; "
                   "their numbers mean nothing.**", ""]

@@ -7,7 +7,7 @@ morphology measured from the pixels, by the recovered effect (treated / control 
 designed truth on a synthetic screen), by MoA accuracy (where the data has MoA labels) and by
 per-batch intensity. The copy-the-control baseline (generated = the control cells themselves)
 gets the same metrics, side by side. Perturbations the model saw in training ("seen") and
-held-out ones ("unseen") are summarised separately. See docs/evaluate.md.
+held-out ones ("unseen") are summarised separately. See the README, section Evaluation.
 """
 
 from __future__ import annotations
