@@ -46,6 +46,9 @@ def variants(device: torch.device, compile_modes: list[str]) -> list[Variant]:
                     "fp32, batched guidance, channels_last"),
             Variant("bf16_batched_cfg_channels_last", dict(precision="bf16", channels_last=True, compile=False, batch_guidance=True),
                     False, "bf16 autocast (CPU AVX-512 bf16 where present), batched guidance, channels_last"),
+            # Last, so compile variants build on it: what the widget runs (precision "fast").
+            Variant("bf16_batched_cfg", dict(precision="bf16", channels_last=False, compile=False, batch_guidance=True),
+                    False, "bf16 autocast, batched guidance, default layout (the widget's path on CPUs with native bf16)"),
         ]
     fast = out[-1]
     for mode in compile_modes:

@@ -61,7 +61,7 @@ def test_full_evaluation_with_inception_two_checkpoints_and_report(screen, check
     result = json.loads(out.read_text())
 
     assert list(result) == ["schema", "checkpoint", "checkpoints", "data", "sampling", "features", "moa", "methods",
-                            "reference", "perturbations", "batches", "notes", "elapsed_s"]
+                            "reference", "perturbations", "batches", "targets", "notes", "elapsed_s"]
     assert result["schema"] == E.SCHEMA
     assert [c["step"] for c in result["checkpoints"]] == [1, 2] and result["checkpoint"]["step"] == 2
     assert result["sampling"]["steps"] == 1 and result["sampling"]["solver"] == "euler"
@@ -96,6 +96,7 @@ def test_full_evaluation_with_inception_two_checkpoints_and_report(screen, check
 
     text = (report / "report.md").read_text()
     assert "| FIDo |" in text and "copy control" in text and "## Unseen perturbations" in text
+    assert "## Targets (seen perturbations)" in text and "| camptothecin | nuclear_area | 1.6" in text
     for name in ("loss.png", "checkpoints.png", "effects.png", "batches.png", "examples/01_camptothecin.png"):
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
@@ -123,6 +124,22 @@ def test_a_perfect_generator_scores_perfectly_and_beats_copying_controls(screen,
     assert camptothecin["cellflux"] == camptothecin["real"] > 1.2  # the larger nuclei are measured
     batches = result["batches"]["Week1"]["crop_mean"]
     assert batches["cellflux"] == batches["real"]
+    targets = result["targets"]
+    designed = {(e["perturbation"], e["feature"]) for e in targets["effects"]}
+    assert ("camptothecin", "nuclear_area") in designed and ("mitoxantrone", "intensity_c0") in designed
+    assert all(e["generated"] == e["real"] and e["within_25pct_of_real"] for e in targets["effects"])
+    assert all(b["max_relative_error"] == 0 and b["preserved"] for b in targets["batch_artefacts"].values())
+    assert targets["met"]["effect_sizes_vs_real"] and targets["met"]["batch_artefacts"]
+    assert targets["beats_copy_control"]["morphology_error"] and targets["beats_copy_control"]["moa_accuracy"]
+
+
+def test_copying_the_controls_misses_every_effect_target(screen, checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "generate_cells", lambda model, controls, *args, **kwargs: controls.copy())
+    out = tmp_path / "metrics.json"
+    assert E.main(["--checkpoint", str(checkpoints[1]), "--data", str(screen), "--out", str(out), *FAST]) == 0
+    targets = json.loads(out.read_text())["targets"]
+    assert targets["effects"] and not any(e["sign_right"] or e["within_25pct_of_real"] for e in targets["effects"])
+    assert not targets["met"]["effect_signs"] and not targets["met"]["beats_copy_control"]
 
 
 def run_error(argv: list[str], capsys) -> str:

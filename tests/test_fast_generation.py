@@ -80,6 +80,30 @@ def test_bf16_autocast_is_close_to_fp32(model, controls, reference):
     assert diff.abs().max() > 0  # it really ran in bf16
 
 
+@pytest.mark.parametrize("capabilities, expected", [
+    ({"avx512_bf16": True, "amx_bf16": False}, torch.bfloat16),
+    ({"avx512_bf16": False, "amx_bf16": True}, torch.bfloat16),
+    ({"avx512_bf16": False, "amx_bf16": False, "avx2": True}, None),
+])
+def test_fast_precision_uses_bf16_only_on_cpus_that_compute_it(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    cpu = torch.device("cpu")
+    assert api.autocast_dtype("fast", cpu) is expected
+    assert api.autocast_dtype("auto", cpu) is None  # auto stays bit-exact fp32 on every CPU
+    assert api.autocast_dtype("fast", torch.device("mps")) is None
+    with pytest.raises(ValueError, match="auto, fast, fp32"):
+        api.autocast_dtype("half", cpu)
+
+
+def test_fast_precision_generates_what_its_dtype_generates(model, controls):
+    dtype = api.autocast_dtype("fast", torch.device("cpu"))
+    named = {torch.bfloat16: "bf16", None: "fp32"}[dtype]
+    fast = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fast")
+    same = api.generate(model, controls, "colchicine", sampling=GUIDED, precision=named)
+    assert fast.metadata["precision"] == same.metadata["precision"]
+    assert torch.equal(fast.states, same.states)
+
+
 def test_final_only_is_the_last_state(model, controls, reference):
     trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fp32", final_only=True)
     assert trajectory.states.shape == (1, *reference.shape[1:])

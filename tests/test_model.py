@@ -124,9 +124,21 @@ def test_preset_overrides_and_unknown_name():
         preset("bbbc022")
 
 
-def test_config_rejects_widths_that_groupnorm32_cannot_split():
-    with pytest.raises(ValueError, match="multiple of 32"):
+def test_config_rejects_widths_that_groupnorm_cannot_split():
+    with pytest.raises(ValueError, match="multiple of norm_groups=32"):
         UNetConfig(model_channels=48, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="multiple of norm_groups=16"):
+        UNetConfig(model_channels=8, channel_mult=(1, 2), norm_groups=16)
+
+
+def test_narrow_unet_with_fewer_norm_groups_runs_and_normalises_per_group():
+    cfg = tiny_config(model_channels=16, channel_mult=(1, 2), norm_groups=16)
+    net = UNet(cfg).eval()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 16 for m in norms)
+    x = torch.randn(2, cfg.in_channels, 16, 16)
+    out = net(x, torch.rand(2), torch.randn(2, cfg.condition_dim))
+    assert out.shape == x.shape and torch.isfinite(out).all()
 
 
 def test_config_dict_round_trip_and_published_neutral_keys(official_state_dict):

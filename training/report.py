@@ -69,6 +69,23 @@ def summary_table(result: dict, group: str) -> list[str]:
     return lines
 
 
+def targets_table(targets: dict) -> list[str]:
+    """The quality targets on the seen perturbations (evaluate.targets), met or not."""
+    if not targets["effects"]:
+        return []
+    yes = {True: "yes", False: "**no**"}
+    lines = ["", "## Targets (seen perturbations)", "",
+             "Effect size = ratio - 1; within 25% of the real cells' measured effect and of the designed truth.", "",
+             "| perturbation | feature | truth | real | CellFlux | sign | within 25% of real | of truth |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in targets["effects"]:
+        lines.append(f"| {e['perturbation']} | {e['feature']} | {_fmt(e['truth'])} | {_fmt(e['real'])} | "
+                     f"{_fmt(e['generated'])} | {yes[e['sign_right']]} | {yes[e['within_25pct_of_real']]} | "
+                     f"{yes[e['within_25pct_of_truth']]} |")
+    lines += ["", *[f"- {key.replace('_', ' ')}: {yes[met]}" for key, met in targets["met"].items()]]
+    return lines
+
+
 def read_loss_curve(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(step, loss) from a training run's metrics.csv, or None."""
     if not path.is_file():
@@ -266,6 +283,7 @@ def write_report(folder, result: dict, *, selection, real, controls, generated, 
         for feature, v in entry["effect"].items():
             lines.append(f"| {name} | {entry['group']} | {feature} | {_fmt(v['truth'])} | {_fmt(v['real'])} | "
                          f"{_fmt(v['cellflux'])} | {_fmt(v['copy_control'])} |")
+    lines += targets_table(result["targets"])
     lines += ["", "## Batches", "", "Mean crop intensity (0-255) of each batch's cells, per channel.", ""]
     plot_batches(result, folder / "batches.png")
     lines += ["![per-batch intensity](batches.png)", ""]

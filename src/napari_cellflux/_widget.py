@@ -78,6 +78,7 @@ def _generation_job(model, pixels_job: Callable[[], np.ndarray], condition: dict
         result = generate_from_pixels(
             model, pixels, n_cells=options["n_cells"], device=options["device"],
             sampling=SamplingConfig(**options["sampling"]), seed=options["seed"],
+            precision="fast",  # interactive: bf16 wherever the hardware computes it natively
             progress=progress, cancel=cancel, **condition,
         )
     except GenerationCancelled:

@@ -160,14 +160,12 @@ def cmd_screen(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
 
-    config = SyntheticScreenConfig(
-        image_size=args.image_size, channels=args.channels, batches=args.batches,
-        controls_per_batch=args.controls_per_batch, cells_per_perturbation=args.cells_per_perturbation, seed=args.seed,
-    )
+    options = ("seed", "image_size", "channels", "batches", "controls_per_batch", "cells_per_perturbation")
+    config = SyntheticScreenConfig(**{k: getattr(args, k) for k in options if getattr(args, k) is not None})
     screen = read_synthetic_screen(make_synthetic_screen(args.out, config))
     seen = [p for p in screen.table.perturbations if p not in screen.held_out]
     print(
-        f"wrote {args.out}: {len(screen.table)} cells of {args.image_size} x {args.image_size} px x {args.channels} channels "
+        f"wrote {args.out}: {len(screen.table)} cells of {config.image_size} x {config.image_size} px x {config.channels} channels "
         f"in {len(screen.table.batches)} batches; DMSO controls, {len(seen)} training perturbations "
         f"({', '.join(seen)}), held out: {', '.join(screen.held_out) or 'none'}"
     )
@@ -286,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="cells per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1; under torchrun, auto/cuda = the process's LOCAL_RANK GPU")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="network precision (auto: bf16 on GPUs that support it)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fast", "fp32", "bf16", "fp16"],
+                   help="network precision (auto: bf16 on GPUs that support it; fast: also bf16 on CPUs with native bf16)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on for CUDA)")
     p.add_argument("--compile", nargs="?", const="auto", default=None,
                    choices=["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
@@ -296,13 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_screen)
 
     p = sub.add_parser("synth", help="write a synthetic screen with known ground truth (IMPA BBBC021 layout)")
+    # Unset options keep SyntheticScreenConfig's defaults (not imported here: it pulls in torch).
     p.add_argument("--out", type=Path, required=True, help="new or empty output folder")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
-    p.add_argument("--image-size", type=int, default=32, help="crop side in pixels (default 32; 96 is paper-like)")
-    p.add_argument("--channels", type=int, default=3, help="DNA, cytoskeleton, cytoplasm, then extra stains (default 3)")
-    p.add_argument("--batches", type=int, default=3, help="batches with their own gain and background (default 3)")
-    p.add_argument("--controls-per-batch", type=int, default=40, help="DMSO cells per batch (default 40)")
-    p.add_argument("--cells-per-perturbation", type=int, default=12, help="cells per perturbation and batch (default 12)")
+    p.add_argument("--seed", type=int, help="same seed, same files (default 0)")
+    p.add_argument("--image-size", type=int, help="crop side in pixels (default 32; 96 is paper-like)")
+    p.add_argument("--channels", type=int, help="DNA, cytoskeleton, cytoplasm, then extra stains (default 3)")
+    p.add_argument("--batches", type=int, help="batches with their own gain and background (default 3)")
+    p.add_argument("--controls-per-batch", type=int, help="DMSO cells per batch (default 100)")
+    p.add_argument("--cells-per-perturbation", type=int, help="cells per perturbation and batch (default 40)")
     p.set_defaults(run=cmd_synth)
 
     p = sub.add_parser("extract", help="segment nuclei in a field image and write centred single-cell crops (plain format)")

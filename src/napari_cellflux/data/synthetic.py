@@ -118,8 +118,8 @@ class SyntheticScreenConfig:
     image_size: int = 32
     channels: int = 3
     batches: int = 3
-    controls_per_batch: int = 40
-    cells_per_perturbation: int = 12
+    controls_per_batch: int = 100
+    cells_per_perturbation: int = 40
     perturbations: tuple[SyntheticPerturbation, ...] = DEFAULT_PERTURBATIONS
     held_out: tuple[str, ...] = ("demecolcine", "nocodazole")
     test_fraction: float = 0.2
