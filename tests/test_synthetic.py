@@ -79,14 +79,15 @@ def test_same_seed_same_bytes_other_seed_other_cells(tmp_path):
 def test_layout_is_the_impa_bbbc021_format(screen):
     metadata = pd.read_csv(screen / "metadata.csv", index_col=0)
     assert list(metadata.columns) == ["SAMPLE_KEY", "SPLIT", "STATE", "ANNOT", "CPD_NAME", "BATCH", "DOSE", "SMILES"]
-    assert len(metadata) == 3 * (40 + 8 * 12)
+    default = SyntheticScreenConfig()
+    assert len(metadata) == default.batches * (default.controls_per_batch + 8 * default.cells_per_perturbation)
     assert set(metadata["STATE"]) == {0, 1} and set(metadata.loc[metadata["STATE"] == 0, "CPD_NAME"]) == {"DMSO"}
     cell = np.load(screen / bbbc021_key_path(metadata["SAMPLE_KEY"].iloc[-1]))
     assert cell.dtype == np.uint8 and cell.shape == (32, 32, 3)
     held = metadata["CPD_NAME"].isin(["demecolcine", "nocodazole"])
     assert set(metadata.loc[held, "SPLIT"]) == {"test"}
     for batch, group in metadata[metadata["STATE"] == 0].groupby("BATCH"):
-        assert (group["SPLIT"] == "test").sum() == 8  # 20 % of each group's 40 controls
+        assert (group["SPLIT"] == "test").sum() == round(0.2 * default.controls_per_batch)  # 20 % of the controls
 
 
 def test_embeddings_are_fingerprints_of_the_real_smiles(screen):
