@@ -27,12 +27,6 @@ from napari_cellflux.samples import synthetic_channels
 from napari_cellflux.sampling import SamplingConfig
 
 RANDOM_DEMO = "random-demo"
-# The bundled demo's architecture (training/configs/demo.yaml): 32 x 32 crops, 3 channels,
-# 1024-d compound fingerprints, ~1.2M parameters.
-DEMO_CONFIG = UNetConfig(
-    in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-    attention_resolutions=(2,), dropout=0.0, condition_dim=1024,
-)
 DEMO_IMAGE_SIZE = 32
 PAPER_IMAGE_SIZE = 96
 
@@ -135,6 +129,14 @@ def random_model(config: UNetConfig, image_size: int, seed: int = 0) -> CellFlux
     return wrap_unet(UNet(config), image_size)
 
 
+def demo_config() -> UNetConfig:
+    """The bundled demo's architecture (training/configs/demo.yaml) for its synthetic screen:
+    3 channels, 1024-d compound fingerprints."""
+    from training.config import load_config
+
+    return UNetConfig(in_channels=3, out_channels=3, condition_dim=1024, **load_config("demo").model.overrides)
+
+
 def load_demo_model(spec: str | None, device: torch.device) -> tuple[CellFluxModel, str]:
     """The model the CPU demo timing and the quality curve run on, and a description of it.
 
@@ -150,7 +152,7 @@ def load_demo_model(spec: str | None, device: torch.device) -> tuple[CellFluxMod
             return model, f"bundled demo model (sha256 {model.sha256[:12]})"
         except (FileNotFoundError, ValueError, KeyError, OSError):
             pass
-    model = random_model(DEMO_CONFIG, DEMO_IMAGE_SIZE).to(device)
+    model = random_model(demo_config(), DEMO_IMAGE_SIZE).to(device)
     return model, "random-demo: untrained network with the demo architecture (bundled demo model not available)"
 
 

@@ -217,4 +217,4 @@ BASELINE_NAME = "eager_fp32_separate_cfg"
 
 
 def default_sizes() -> dict:
-    return {"demo": (C.DEMO_CONFIG, C.DEMO_IMAGE_SIZE), "paper": (preset("bbbc021", dropout=0.0), C.PAPER_IMAGE_SIZE)}
+    return {"demo": (C.demo_config(), C.DEMO_IMAGE_SIZE), "paper": (preset("bbbc021", dropout=0.0), C.PAPER_IMAGE_SIZE)}

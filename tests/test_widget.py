@@ -116,7 +116,7 @@ def test_generate_from_sample_controls_then_slide_and_export(viewer_and_widget, 
         assert tif.imagej_metadata["Labels"][:3] == [f"t=0.000 cell 0 {c}" for c in CHANNELS]
         info = json.loads(tif.imagej_metadata["Info"])
     assert info["perturbation"] == "colchicine" and info["model_sha256"] == result.trajectory.metadata["model_sha256"]
-    assert (info["seed"], info["solver"], info["steps"], info["guidance"]) == (0, "euler", 4, pytest.approx(0.2))
+    assert (info["seed"], info["solver"], info["steps"], info["guidance"]) == (0, "euler", 4, pytest.approx(widget._model.sampling.guidance))
     widget.export_choice.setCurrentIndex(1)
     widget.export_file.value = tmp_path / "t075"  # .tif is added
     widget.export_button.click()

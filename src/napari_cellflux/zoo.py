@@ -132,8 +132,8 @@ _LICENCE = (
 )
 
 REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="e66bc557432463ebab7b54209a4d7a1e1069292f53e6774ddaf2811c39f4372b",
-                 description="demo model (1.2M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
+    BundledModel("demo", "demo.safetensors", sha256="3918131537108478b7ccad280cb2d4d7a5ba3eac63b59bd0fd16b2d5ae222066",
+                 description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
     PublishedModel(
         name="bbbc021",
         dataset="bbbc021",
