@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cpu_demo ...", flush=True)
         result = speed.cpu_demo(demo[0], demo[1], cells=s["demo_cells"], nfe=s["demo_nfe"], repeats=s["repeats"], warmup=s["warmup"],
                                 compile_modes=[m for m in modes if device.type == "cpu"], perturbation=args.perturbation,
-                                solvers=("euler",) if args.quick else ("euler", "heun"))
+                                solvers=("euler",) if args.quick else ("euler", "heun", "midpoint"))
         C.write_json(args.out / "cpu_demo.json", {**common, **result})
     if "throughput" in args.sections:
         print("throughput ...", flush=True)

@@ -68,7 +68,7 @@ def cudnn_benchmark(enabled: bool):
 
 
 def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: int, warmup: int, compile_modes: list[str],
-             perturbation: str | None, solvers: tuple[str, ...] = ("euler", "heun")) -> dict:
+             perturbation: str | None, solvers: tuple[str, ...] = ("euler", "heun", "midpoint")) -> dict:
     """(a) 16 cells x 20 network evaluations of the demo model on the CPU, as the widget runs
     them (all states kept for the t slider): median seconds per variant and solver."""
     device = torch.device("cpu")
@@ -80,6 +80,9 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
     samplings = {
         f"euler_uniform_{nfe}": SamplingConfig("euler", "uniform", nfe, model.sampling.guidance, model.sampling.noise_level),
         f"heun_edm_{nfe // 2}": SamplingConfig("heun", "edm", max(nfe // 2, 2), model.sampling.guidance, model.sampling.noise_level),
+        # The demo model's own default (training/configs/demo.yaml), what the widget runs.
+        f"midpoint_uniform_{nfe // 2}": SamplingConfig("midpoint", "uniform", max(nfe // 2, 2), model.sampling.guidance,
+                                                       model.sampling.noise_level),
     }
     samplings = {k: v for k, v in samplings.items() if v.solver in solvers}
     rows = []
