@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         C.write_json(args.out / "throughput.json", {**common, **result})
     if "quality" in args.sections:
         print("quality ...", flush=True)
-        half = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[api.autocast_dtype("fast", device)]
+        half = {dtype: name for name, dtype in api.PRECISIONS.items()}[api.autocast_dtype("fast", device)]
         fast = dict(precision=half, channels_last=device.type == "cuda", batch_guidance=True)
         with _no_tf32():
             result = quality.quality_vs_nfe(demo[0], demo[1], device=device, cells=s["quality_cells"],

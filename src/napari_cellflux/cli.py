@@ -221,6 +221,24 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_and_condition(p: argparse.ArgumentParser, controls_help: str) -> None:
+    """--model, --controls and the --perturbation / --smiles choice (generate and screen)."""
+    p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
+    p.add_argument("--controls", type=Path, help=controls_help)
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
+    cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The sampler options that :func:`sampling_from_args` reads (unset: the model's default)."""
+    p.add_argument("--solver", choices=["euler", "midpoint", "heun"], help="ODE solver (default: the model's)")
+    p.add_argument("--grid", choices=["edm", "uniform"], help="time grid (default: the model's)")
+    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
+    p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellflux", description="CellFlux: simulate perturbed cells by flow matching.")
     parser.add_argument("--version", action="version", version=f"napari-cellflux {__version__}")
@@ -248,18 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("generate", help="generate perturbed cells from control crops and write a TIFF")
-    p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
-    p.add_argument("--controls", type=Path, help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them (default: synthetic control cells)")
-    cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
-    cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+    add_model_and_condition(p, controls_help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them (default: synthetic control cells)")
     p.add_argument("--out", type=Path, required=True, help="output TIFF (ImageJ hyperstack T x cells x C)")
     p.add_argument("--n-cells", type=int, default=None, help="use only the first N control cells")
-    p.add_argument("--solver", choices=["euler", "midpoint", "heun"], help="ODE solver (default: the model's)")
-    p.add_argument("--grid", choices=["edm", "uniform"], help="time grid (default: the model's)")
-    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
-    p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -267,20 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
     p = sub.add_parser("screen", help="virtual screen: generate many cells in chunks streamed to disk (resumable, torchrun-ready)")
-    p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
-    p.add_argument("--controls", type=Path, help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)")
-    cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
-    cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+    add_model_and_condition(p, controls_help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)")
     p.add_argument("--n-cells", type=int, required=True, help="cells to generate, e.g. 100000")
     p.add_argument("--chunk-size", type=int, default=1024, help="cells per chunk file (default 1024); memory is one chunk")
     p.add_argument("--out", type=Path, required=True, help="screen folder: manifest.json + chunk_<i>.npy; run again to resume")
     p.add_argument("--all-states", action="store_true", help="store every grid state, (n, T, C, H, W) per chunk (default: only the final t = 1 state)")
-    p.add_argument("--solver", choices=["euler", "midpoint", "heun"], help="ODE solver (default: the model's)")
-    p.add_argument("--grid", choices=["edm", "uniform"], help="time grid (default: the model's)")
-    p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
-    p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="cells per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1; under torchrun, auto/cuda = the process's LOCAL_RANK GPU")
