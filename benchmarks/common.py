@@ -20,11 +20,11 @@ import torch
 
 from napari_cellflux import api
 from napari_cellflux.atomic import atomic_write_text
-from napari_cellflux.checkpoint import CellFluxModel
-from napari_cellflux.model import UNet, UNetConfig
-from napari_cellflux.perturbations import Vocabulary
-from napari_cellflux.samples import synthetic_channels
-from napari_cellflux.sampling import SamplingConfig
+from napari_cellflux.core.unet import UNet, UNetConfig
+from napari_cellflux.data.samples import synthetic_channels
+from napari_cellflux.models.model_file import CellFluxModel
+from napari_cellflux.models.vocabulary import Vocabulary
+from napari_cellflux.settings import SamplingConfig
 
 RANDOM_DEMO = "random-demo"
 DEMO_IMAGE_SIZE = 32
@@ -207,7 +207,7 @@ def max_rss_mib() -> float:
 
 def controls_for(model: CellFluxModel, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` synthetic control cells at the model's scale, in model space."""
-    from napari_cellflux.samples import synthetic_controls
+    from napari_cellflux.data.samples import synthetic_controls
 
     pixels = synthetic_controls(max(n, 2), model.image_size, model.config.in_channels, seed)[:n]
     return model.normalization.to_model(pixels)

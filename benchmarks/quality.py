@@ -18,14 +18,18 @@ import numpy as np
 import torch
 
 from napari_cellflux import api
-from napari_cellflux.model import count_parameters
-from napari_cellflux.sampling import EVALUATIONS_PER_STEP, SamplingConfig
+from napari_cellflux.core.unet import count_parameters
+from napari_cellflux.settings import (
+    EVALUATIONS_PER_STEP,
+    GRID_MIN_STEPS,
+    GRID_NAMES,
+    SOLVER_NAMES,
+    SamplingConfig,
+    SpeedOptions,
+)
 
 from . import common as C
 
-SOLVERS = ("euler", "midpoint", "heun")
-GRIDS = ("uniform", "edm")
-DEFAULT_NFES = (4, 6, 8, 10, 16, 20, 40, 100)
 TOLERANCE = 0.05
 FEW_STEP_LIMIT = 20
 
@@ -34,7 +38,7 @@ def sampling_for(solver: str, grid: str, nfe: int, guidance: float, noise_level:
     """The configuration with exactly ``nfe`` evaluations, or None where there is none."""
     per_step = EVALUATIONS_PER_STEP[solver]
     steps = nfe // per_step
-    if nfe % per_step or steps < (2 if grid == "edm" else 1):
+    if nfe % per_step or steps < GRID_MIN_STEPS[grid]:
         return None
     return SamplingConfig(solver, grid, steps, guidance, noise_level)
 
@@ -67,7 +71,7 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
         opts = dict(precision="fp32", channels_last=False, compile=False, batch_guidance=True)
         opts.update(options)
         return api.generate(model, controls, name, sampling=sampling, seed=seed, batch_size=cells,
-                            final_only=True, **opts).final
+                            final_only=True, speed=SpeedOptions(**opts)).final
 
     reference_sampling = sampling_for("heun", "edm", reference_nfe, guidance, noise_level)
     if reference_sampling is None:
@@ -100,8 +104,8 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
         }
 
     rows = []
-    for solver in SOLVERS:
-        for grid in GRIDS:
+    for solver in SOLVER_NAMES:
+        for grid in GRID_NAMES:
             for nfe in nfes:
                 sampling = sampling_for(solver, grid, nfe, guidance, noise_level)
                 if sampling is None:
@@ -116,8 +120,8 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
     few = [r for r in rows if r["nfe"] <= FEW_STEP_LIMIT]
     best = min(few, key=lambda r: (r["relative_endpoint_error"], r["nfe"])) if few else None
     cheapest = {}
-    for solver in SOLVERS:
-        for grid in GRIDS:
+    for solver in SOLVER_NAMES:
+        for grid in GRID_NAMES:
             passing = [r["nfe"] for r in rows if r["solver"] == solver and r["grid"] == grid and r["within_5pct"]]
             cheapest[f"{solver}_{grid}"] = min(passing) if passing else None
     passing = [r for r in rows if r["within_5pct"]]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from napari_cellflux import api
+from napari_cellflux.runtime import DTYPES
 
 from . import common as C
 
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         C.write_json(args.out / "throughput.json", {**common, **result})
     if "quality" in args.sections:
         print("quality ...", flush=True)
-        half = {dtype: name for name, dtype in api.PRECISIONS.items()}[api.autocast_dtype("fast", device)]
+        half = {dtype: name for name, dtype in DTYPES.items()}[api.autocast_dtype("fast", device)]
         fast = dict(precision=half, channels_last=device.type == "cuda", batch_guidance=True)
         with _no_tf32():
             result = quality.quality_vs_nfe(demo[0], demo[1], device=device, cells=s["quality_cells"],

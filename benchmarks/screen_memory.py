@@ -85,15 +85,14 @@ def child(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from napari_cellflux import api
-    from napari_cellflux.samples import synthetic_controls
-    from napari_cellflux.sampling import SamplingConfig
-    from napari_cellflux.screen import run_screen
+    from napari_cellflux.data.samples import synthetic_controls
+    from napari_cellflux.generation.screen import run_screen
 
     device = api.resolve_device(args.device)
     model, _ = C.load_demo_model(args.model, device)
     pool = synthetic_controls(32, model.image_size, model.config.in_channels, 0)
     perturbation = C.pick_perturbation(model, None)
-    sampling = SamplingConfig("euler", "uniform", args.steps, model.sampling.guidance, model.sampling.noise_level)
+    sampling = model.sampling.with_overrides(solver="euler", grid="uniform", steps=args.steps)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()

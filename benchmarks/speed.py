@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from napari_cellflux import api
-from napari_cellflux.model import count_parameters, preset
-from napari_cellflux.sampling import SamplingConfig
+from napari_cellflux.core.unet import count_parameters, preset
+from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 from . import common as C
 
@@ -78,17 +78,17 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
     if nfe % 2:
         raise ValueError(f"--demo-nfe must be even (Heun and midpoint take 2 evaluations per step), got {nfe}")
     samplings = {
-        f"euler_uniform_{nfe}": SamplingConfig("euler", "uniform", nfe, model.sampling.guidance, model.sampling.noise_level),
-        f"heun_edm_{nfe // 2}": SamplingConfig("heun", "edm", max(nfe // 2, 2), model.sampling.guidance, model.sampling.noise_level),
+        f"euler_uniform_{nfe}": model.sampling.with_overrides(solver="euler", grid="uniform", steps=nfe),
+        f"heun_edm_{nfe // 2}": model.sampling.with_overrides(solver="heun", grid="edm", steps=max(nfe // 2, 2)),
         # The demo model's own default (training/configs/demo.yaml), what the widget runs.
-        f"midpoint_uniform_{nfe // 2}": SamplingConfig("midpoint", "uniform", max(nfe // 2, 2), model.sampling.guidance,
-                                                       model.sampling.noise_level),
+        f"midpoint_uniform_{nfe // 2}": model.sampling.with_overrides(solver="midpoint", grid="uniform", steps=max(nfe // 2, 2)),
     }
     samplings = {k: v for k, v in samplings.items() if v.solver in solvers}
     rows = []
     for variant in variants(device, compile_modes):
         for label, sampling in samplings.items():
-            run = lambda: api.generate(model, controls, name, sampling=sampling, seed=0, batch_size=cells, **variant.options)
+            run = lambda: api.generate(model, controls, name, sampling=sampling, seed=0, batch_size=cells,
+                                       speed=SpeedOptions(**variant.options))
             try:
                 median, times = C.timed(run, device, repeats, warmup + bool(variant.options.get("compile")))
             except Exception as err:  # e.g. torch.compile without a C compiler: say so, keep going
@@ -155,7 +155,7 @@ def throughput(sizes: dict, batch_sizes: dict, *, device: torch.device, nfe: int
                            "variant": variant.name, "description": variant.description,
                            "cudnn_benchmark": variant.cudnn_benchmark, "forwards_per_evaluation": forwards_per_eval}
                     run = lambda: api.generate(model, controls, "drug", sampling=sampling, seed=0, batch_size=batch,
-                                               final_only=True, **variant.options)
+                                               final_only=True, speed=SpeedOptions(**variant.options))
                     try:
                         if device.type == "cuda":
                             torch.cuda.empty_cache()

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import GOLDEN, STATE_DICT_JSON
 
 # The tests run tiny networks, whose many small parallel regions gain nothing from threads; on a

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from napari_cellflux.data.impa import CONVENTIONS
-from napari_cellflux.perturbations import Vocabulary
+from napari_cellflux.models.vocabulary import Vocabulary
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL = SHARED / "data" / "real"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from napari_cellflux.model import UNet, UNetConfig
+from napari_cellflux.core.unet import UNet, UNetConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference"

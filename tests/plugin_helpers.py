@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import napari_cellflux
-from napari_cellflux.checkpoint import CellFluxModel, save_model
-from napari_cellflux.chem import compound_vocabulary
-from napari_cellflux.model import UNet
-from napari_cellflux.samples import synthetic_channels
-from napari_cellflux.sampling import SamplingConfig
-
 from helpers import randomize, tiny_config
+
+import napari_cellflux
+from napari_cellflux.core.unet import UNet
+from napari_cellflux.data.samples import synthetic_channels
+from napari_cellflux.models.fingerprints import compound_vocabulary
+from napari_cellflux.models.model_file import CellFluxModel, save_model
+from napari_cellflux.settings import SamplingConfig
 
 DEMO = Path(napari_cellflux.__file__).parent / "assets" / "demo.safetensors"
 COMPOUNDS = {"colchicine": "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2", "PP-2": "CC(C)(C)n1nc(-c2ccc(Cl)cc2)c2c(N)ncnc21"}

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from plugin_helpers import tiny_model_file
 
 from benchmarks import common, run
-
-from plugin_helpers import tiny_model_file
 
 
 def test_quick_benchmark_writes_every_section(tmp_path):
@@ -59,9 +58,9 @@ def test_gpu_peak_table(name, peak):
 
 
 def test_paper_preset_flops_and_parameters():
-    from napari_cellflux.model import UNet, count_parameters, preset
-
     import torch
+
+    from napari_cellflux.core.unet import UNet, count_parameters, preset
 
     flops = common.flops_per_image(preset("bbbc021"), 96)
     assert 0.40e12 < flops < 0.42e12

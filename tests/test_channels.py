@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_cellflux.channels import DATASET_CHANNELS, Channel, default_channels, describe, parse_channels
+from napari_cellflux.models.channels import DATASET_CHANNELS, Channel, default_channels, describe, parse_channels
 
 
 def test_published_screens_have_the_documented_channel_counts():

@@ -7,19 +7,18 @@ import json
 
 import pytest
 import torch
+from helpers import randomize, tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import napari_cellflux
 import napari_cellflux.atomic as atomic
-from napari_cellflux.channels import Channel
-from napari_cellflux.checkpoint import CellFluxModel, is_own_format, load_model_file, load_weights, save_model
-from napari_cellflux.model import UNet
-from napari_cellflux.normalization import Normalization
-from napari_cellflux.perturbations import Vocabulary
-from napari_cellflux.sampling import SamplingConfig
-
-from helpers import randomize, tiny_config
+from napari_cellflux.core.unet import UNet
+from napari_cellflux.models.channels import Channel
+from napari_cellflux.models.model_file import CellFluxModel, is_own_format, load_model_file, load_weights, save_model
+from napari_cellflux.models.normalization import Normalization
+from napari_cellflux.models.vocabulary import Vocabulary
+from napari_cellflux.settings import SamplingConfig
 
 CHANNELS = (Channel("DNA", "blue"), Channel("tubulin", "green"), Channel("actin", "red"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cellflux.chem import compound_vocabulary, morgan_count_fingerprint
+from napari_cellflux.models.fingerprints import compound_vocabulary, morgan_count_fingerprint
 
 COLCHICINE = "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from data_helpers import cell_pixels, toy_vocabulary, write_impa_tree
 from torch.utils.data import DataLoader
 
-from data_helpers import cell_pixels, toy_vocabulary, write_impa_tree
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.impa import bbbc021_key_path, cpg0000_key_path, read_impa, rxrx1_key_path
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from data_helpers import toy_vocabulary
+
 from napari_cellflux.data.cells import load_cell
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.plain import read_plain, write_plain

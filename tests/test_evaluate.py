@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_metrics import random_inception_file
 
 import training.evaluate as E
 from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
-from test_metrics import random_inception_file
 from training import inception
 from training.config import load_config
 from training.train import MODEL_FILE, train

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
-
 from data_helpers import BBBC021_FIELD, BBBC022_FIELD
+
 from napari_cellflux.cli import main
 from napari_cellflux.data.cells import load_cell
 from napari_cellflux.data.extract import (

@@ -9,12 +9,11 @@ import os
 
 import pytest
 import torch
+from plugin_helpers import tiny_model
 
 from napari_cellflux import api
-from napari_cellflux.flow import network_velocity
-from napari_cellflux.sampling import SamplingConfig
-
-from plugin_helpers import tiny_model
+from napari_cellflux.core.flow import network_velocity
+from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 GUIDED = SamplingConfig(solver="heun", grid="edm", steps=3, guidance=0.5, noise_level=0.5)
 
@@ -32,12 +31,11 @@ def controls():
 @pytest.fixture(scope="module")
 def reference(model, controls):
     """The authors' way: fp32, default layout, one conditional and one unconditional forward."""
-    return api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fp32",
-                        channels_last=False, batch_guidance=False).states
+    return api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="fp32", channels_last=False, batch_guidance=False)).states
 
 
 def run(model, controls, **options):
-    return api.generate(model, controls, "colchicine", sampling=GUIDED, **{"precision": "fp32", **options}).states
+    return api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(**{"precision": "fp32", **options})).states
 
 
 def test_batched_guidance_matches_separate_passes(model, controls, reference):
@@ -71,7 +69,7 @@ def test_channels_last_fp32_matches_and_restores_layout(model, controls, referen
 def test_bf16_autocast_is_close_to_fp32(model, controls, reference):
     """bf16 keeps ~3 significant digits; over 6 network evaluations the cells (std ~0.8) stay
     within a few 1e-3 of fp32 (max |diff| 0.03 allowed, rms 0.01)."""
-    trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="bf16", channels_last=True)
+    trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="bf16", channels_last=True))
     assert trajectory.metadata["precision"] == "bfloat16"
     assert trajectory.states.dtype == torch.float32
     diff = trajectory.states - reference
@@ -98,14 +96,14 @@ def test_fast_precision_uses_bf16_only_on_cpus_that_compute_it(monkeypatch, capa
 def test_fast_precision_generates_what_its_dtype_generates(model, controls):
     dtype = api.autocast_dtype("fast", torch.device("cpu"))
     named = {torch.bfloat16: "bf16", None: "fp32"}[dtype]
-    fast = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fast")
-    same = api.generate(model, controls, "colchicine", sampling=GUIDED, precision=named)
+    fast = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="fast"))
+    same = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision=named))
     assert fast.metadata["precision"] == same.metadata["precision"]
     assert torch.equal(fast.states, same.states)
 
 
 def test_final_only_is_the_last_state(model, controls, reference):
-    trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fp32", final_only=True)
+    trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, final_only=True, speed=SpeedOptions(precision="fp32"))
     assert trajectory.states.shape == (1, *reference.shape[1:])
     assert trajectory.times.tolist() == [1.0]
     assert (trajectory.final - reference[-1]).abs().max() < 1e-5
@@ -113,7 +111,7 @@ def test_final_only_is_the_last_state(model, controls, reference):
 
 
 def test_metadata_records_the_fast_path(model, controls):
-    meta = api.generate(model, controls[:1], "colchicine", sampling=GUIDED, precision="fp32").metadata
+    meta = api.generate(model, controls[:1], "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="fp32")).metadata
     assert meta["channels_last"] is False  # CPU default
     assert meta["compile"] is None and meta["batch_guidance"] is True
 
@@ -154,8 +152,8 @@ def test_compiled_unet_is_built_once_per_model_and_mode(model, controls, referen
 def test_torch_compile_matches_eager(controls):
     model = tiny_model(seed=4)
     sampling = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.5)
-    eager = api.generate(model, controls, "colchicine", sampling=sampling, precision="fp32").states
-    compiled = api.generate(model, controls, "colchicine", sampling=sampling, precision="fp32", compile=True).states
+    eager = api.generate(model, controls, "colchicine", sampling=sampling, speed=SpeedOptions(precision="fp32")).states
+    compiled = api.generate(model, controls, "colchicine", sampling=sampling, speed=SpeedOptions(precision="fp32", compile=True)).states
     assert (compiled - eager).abs().max() < 1e-4
 
 
@@ -165,10 +163,10 @@ def test_cuda_fast_path_matches_cpu_fp32(controls, precision, tol):
     """On a GPU: bf16 / fp16 autocast, channels_last, batched guidance. "fp32" gets fp16-like
     tolerance because PyTorch lets cuDNN use TF32 (10-bit mantissa) for convolutions by default."""
     model = tiny_model(seed=5)
-    cpu = api.generate(model, controls, "colchicine", sampling=GUIDED, precision="fp32", batch_guidance=False).states
+    cpu = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="fp32", batch_guidance=False)).states
     model.to("cuda")
     try:
-        fast = api.generate(model, controls, "colchicine", sampling=GUIDED, precision=precision).states
+        fast = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision=precision)).states
     finally:
         model.to("cpu")
     assert (fast - cpu).abs().max() < tol
@@ -183,9 +181,9 @@ def test_cuda_graphs_keep_every_evaluation(controls, guidance):
     model = tiny_model(seed=6).to("cuda")
     sampling = SamplingConfig(solver="heun", grid="edm", steps=3, guidance=guidance)
     try:
-        eager = api.generate(model, controls, "colchicine", sampling=sampling, precision="bf16").states
-        graphed = api.generate(model, controls, "colchicine", sampling=sampling, precision="bf16", compile=True).states
-        again = api.generate(model, controls, "colchicine", sampling=sampling, precision="bf16", compile=True).states
+        eager = api.generate(model, controls, "colchicine", sampling=sampling, speed=SpeedOptions(precision="bf16")).states
+        graphed = api.generate(model, controls, "colchicine", sampling=sampling, speed=SpeedOptions(precision="bf16", compile=True)).states
+        again = api.generate(model, controls, "colchicine", sampling=sampling, speed=SpeedOptions(precision="bf16", compile=True)).states
     finally:
         model.to("cpu")
     assert (graphed - eager).abs().max() < 0.05

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from napari_cellflux.flow import (
+from napari_cellflux.core.flow import (
     flow_matching_loss,
     guidance_mix,
     guided,
@@ -17,7 +17,7 @@ from napari_cellflux.flow import (
     x_init,
     x_t,
 )
-from napari_cellflux.model import UNet, UNetConfig
+from napari_cellflux.core.unet import UNet, UNetConfig
 
 
 def _pair(n: int = 4, seed: int = 0):

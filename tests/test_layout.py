@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cellflux.layout import channel_grids, grid_shape, tile
+from napari_cellflux._napari.tiling import channel_grids, grid_shape, tile
 
 
 @pytest.mark.parametrize("n, shape", [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (5, (2, 3)), (10, (3, 4)), (16, (4, 4)), (17, (4, 5))])

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import randomize, tiny_config
 
-import napari_cellflux.model as model_module
-from napari_cellflux.model import (
+import napari_cellflux.core.unet as model_module
+from napari_cellflux.core.unet import (
     PRESETS,
     AttentionBlock,
     UNet,
@@ -18,8 +19,6 @@ from napari_cellflux.model import (
     preset,
     timestep_embedding,
 )
-
-from helpers import randomize, tiny_config
 
 PRESET_NAMES = ("bbbc021", "rxrx1", "cpg0000")
 

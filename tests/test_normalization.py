@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_cellflux.normalization import Normalization
+from napari_cellflux.models.normalization import Normalization
 
 
 def test_to_model_maps_the_uint8_range_to_minus_one_one():

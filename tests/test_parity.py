@@ -8,11 +8,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-
-from napari_cellflux.model import UNet, UNetConfig
-from napari_cellflux.parity import verify_parity
-
 from helpers import GOLDEN, make_published_checkpoint
+
+from napari_cellflux.core.unet import UNet, UNetConfig
+from napari_cellflux.models.parity import verify_parity
 
 PUBLISHED_NEUTRAL = {
     "dims": 2, "num_classes": None, "use_checkpoint": False, "num_heads_upsample": -1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_cellflux.perturbations import Vocabulary, read_embedding_csv
+from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
 
 def _vocabulary() -> Vocabulary:

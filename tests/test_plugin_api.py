@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import tifffile
-
-from napari_cellflux._writer import LAYER_KEY, write_trajectory
-from napari_cellflux.controls import crops_from_arrays, crops_from_field, crops_from_file, extraction_config
-from napari_cellflux.result import generate_from_pixels
-from napari_cellflux.samples import synthetic_controls, synthetic_field
-
 from plugin_helpers import tiny_model
+
+from napari_cellflux._napari.writer import LAYER_KEY, write_trajectory
+from napari_cellflux.data.samples import synthetic_controls, synthetic_field
+from napari_cellflux.generation.controls import crops_from_arrays, crops_from_field, crops_from_file, extraction_config
+from napari_cellflux.generation.result import generate_from_pixels
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import random
 
 import pytest
 import torch
+from helpers import make_published_checkpoint, tiny_config
 
-from napari_cellflux.channels import DATASET_CHANNELS, default_channels
-from napari_cellflux.checkpoint import load_model_file, save_model
-from napari_cellflux.model import PRESETS, UNet, UNetConfig
-from napari_cellflux.perturbations import Vocabulary
-from napari_cellflux.published import (
+from napari_cellflux.core.unet import PRESETS, UNet
+from napari_cellflux.models.channels import DATASET_CHANNELS, default_channels
+from napari_cellflux.models.model_file import load_model_file, save_model
+from napari_cellflux.models.published import (
     PublishedCheckpoint,
     UnsafeCheckpointError,
     build_unet,
@@ -23,8 +23,7 @@ from napari_cellflux.published import (
     load_published,
     torch_load_safely,
 )
-
-from helpers import make_published_checkpoint, tiny_config
+from napari_cellflux.models.vocabulary import Vocabulary
 
 
 def _state(unet: UNet) -> dict[str, torch.Tensor]:

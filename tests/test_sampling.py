@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellflux.sampling import (
-    SamplingConfig,
+from napari_cellflux.core.solvers import (
     edm_grid,
     euler_step,
     heun_step,
@@ -19,6 +18,7 @@ from napari_cellflux.sampling import (
     time_grid,
     uniform_grid,
 )
+from napari_cellflux.settings import SamplingConfig
 
 # --- grids ----------------------------------------------------------------------------------------
 

@@ -7,12 +7,11 @@ import json
 
 import numpy as np
 import pytest
-
-from napari_cellflux import screen as S
-from napari_cellflux.cli import main
-from napari_cellflux.sampling import SamplingConfig
-
 from plugin_helpers import tiny_model, tiny_model_file
+
+from napari_cellflux.cli import main
+from napari_cellflux.generation import screen as S
+from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
 N_CELLS, CHUNK = 20, 8  # chunks of 8, 8 and 4 cells
@@ -30,7 +29,7 @@ def pool():
 
 def screen(model, pool, out, **options):
     return S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
-                        sampling=FAST, seed=3, precision="fp32", **options)
+                        sampling=FAST, seed=3, **options, speed=SpeedOptions(precision="fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +104,10 @@ def test_manifest_mismatch_is_a_clear_error(full, model, pool):
     out = full[0]
     with pytest.raises(ValueError, match=r"different virtual screen \(seed: on disk 3, now 4"):
         S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
-                     sampling=FAST, seed=4, precision="fp32")
+                     sampling=FAST, seed=4, speed=SpeedOptions(precision="fp32"))
     with pytest.raises(ValueError, match="chunk_size"):
         S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=4, perturbation="colchicine",
-                     sampling=FAST, seed=3, precision="fp32")
+                     sampling=FAST, seed=3, speed=SpeedOptions(precision="fp32"))
     with pytest.raises(ValueError, match="controls"):
         screen(model, pool[:4], out)
 
@@ -124,18 +123,16 @@ def test_chunk_draws_depend_only_on_seed_and_index():
 
 def test_screen_memory_is_one_chunk(model, pool, tmp_path, monkeypatch):
     """generate() is asked for one chunk of final states at a time, never for the whole screen."""
-    from napari_cellflux import api
-
     seen = []
-    real = api.generate
+    real = S.generate
 
     def spy(model, controls, *args, **kwargs):
         seen.append((len(controls), kwargs["final_only"]))
         return real(model, controls, *args, **kwargs)
 
-    monkeypatch.setattr(api, "generate", spy)
+    monkeypatch.setattr(S, "generate", spy)
     S.run_screen(model, pool, tmp_path, n_cells=12, chunk_size=4, perturbation="colchicine",
-                 sampling=FAST, precision="fp32")
+                 sampling=FAST, speed=SpeedOptions(precision="fp32"))
     assert seen == [(4, True)] * 3
 
 

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from skimage import filters, measure
 
-from napari_cellflux.chem import morgan_count_fingerprint
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.impa import bbbc021_key_path
 from napari_cellflux.data.synthetic import (
@@ -19,6 +18,7 @@ from napari_cellflux.data.synthetic import (
     make_synthetic_screen,
     read_synthetic_screen,
 )
+from napari_cellflux.models.fingerprints import morgan_count_fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from napari_cellflux import api
-from napari_cellflux.sampling import SamplingConfig
 from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+from napari_cellflux.settings import SamplingConfig
 from training.config import load_config
 from training.train import MODEL_FILE, STATE_FILE, main, train
 

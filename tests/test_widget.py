@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 from npe2 import PluginManifest
-
-from napari_cellflux._writer import LAYER_KEY
-
 from plugin_helpers import DEMO
+
+from napari_cellflux._napari.writer import LAYER_KEY
 
 PLUGIN = "napari-cellflux"
 CHANNELS = ("DNA", "cytoskeleton", "cytoplasm")

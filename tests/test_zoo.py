@@ -16,17 +16,25 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import make_published_checkpoint, tiny_config
-from napari_cellflux import api, zoo as zoo_module
-from napari_cellflux.channels import DATASET_CHANNELS
-from napari_cellflux.checkpoint import file_sha256, save_model
+
+from napari_cellflux import api
 from napari_cellflux.cli import main as cli_main
-from napari_cellflux.model import preset
-from napari_cellflux.sampling import SamplingConfig
-from napari_cellflux.zoo import (
-    HF_BASE, REGISTRY, BundledModel, PublishedModel, RemoteFile, Zoo, ZooError, default_zoo,
+from napari_cellflux.core.unet import preset
+from napari_cellflux.models import zoo as zoo_module
+from napari_cellflux.models.channels import DATASET_CHANNELS
+from napari_cellflux.models.model_file import file_sha256, save_model
+from napari_cellflux.models.zoo import (
+    HF_BASE,
+    REGISTRY,
+    BundledModel,
+    PublishedModel,
+    RemoteFile,
+    Zoo,
+    ZooError,
+    default_zoo,
 )
+from napari_cellflux.settings import SamplingConfig
 
 CKPT = "checkpoints/cellflux/tiny/checkpoint.pth"
 EMB = "data/tiny/emb_fp.csv"
@@ -360,7 +368,7 @@ def test_bundled_entry(tmp_path, published):
     assets.mkdir()
     source = tmp_path / "src.pth"
     source.write_bytes(published["path"].read_bytes())
-    from napari_cellflux.published import load_published
+    from napari_cellflux.models.published import load_published
 
     digest = save_model(load_published(source, config=TINY, image_size=16), assets / "demo.safetensors")
     zoo = Zoo(tmp_path / "cache", entries=(BundledModel("demo", "demo.safetensors", sha256=digest),), assets_dir=assets)

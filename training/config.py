@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from napari_cellflux.sampling import SamplingConfig
+from napari_cellflux.settings import SamplingConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from napari_cellflux.channels import Channel, default_channels
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.impa import CONVENTIONS, read_impa
 from napari_cellflux.data.plain import read_plain
-from napari_cellflux.perturbations import Vocabulary, read_embedding_csv
+from napari_cellflux.models.channels import Channel, default_channels
+from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
 from .config import DataConfig
 

@@ -13,7 +13,6 @@ held-out ones ("unseen") are summarised separately. See the README, section Eval
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -27,16 +26,15 @@ import pandas as pd
 
 from napari_cellflux import api
 from napari_cellflux.atomic import atomic_write_text
-from napari_cellflux.checkpoint import CellFluxModel
 from napari_cellflux.data.cells import CellTable, load_cell
 from napari_cellflux.data.impa import CONVENTIONS, read_impa
 from napari_cellflux.data.plain import CSV_NAME, read_plain
-from napari_cellflux.sampling import SamplingConfig
+from napari_cellflux.models.model_file import CellFluxModel
+from napari_cellflux.settings import GRID_NAMES, PRECISIONS, SOLVER_NAMES, SamplingConfig, SpeedOptions
 
 from . import metrics as M
 
 SCHEMA = "napari-cellflux/evaluation/1"
-METHODS = ("cellflux", "copy_control")
 GROUPS = ("all", "seen", "unseen")
 FORMATS = (*sorted(CONVENTIONS), "plain")
 SUMMARY_KEYS = (
@@ -318,7 +316,7 @@ def generate_cells(
         # Seeded by the name, so a cell's noise does not depend on which other perturbations are evaluated.
         name_seed = int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1, np.uint64)[0] >> 1)
         trajectory = api.generate(model, model.normalization.to_model(controls[index]), sampling=sampling,
-                                  seed=name_seed, batch_size=batch_size, precision=precision, final_only=True,
+                                  seed=name_seed, batch_size=batch_size, speed=SpeedOptions(precision=precision), final_only=True,
                                   **conditions[name])
         out[index] = model.normalization.to_pixels(trajectory.final)
     return out
@@ -562,8 +560,8 @@ class EvalConfig:
 
 
 def sampling_for(model: CellFluxModel, cfg: EvalConfig) -> SamplingConfig:
-    changes = {k: getattr(cfg, k) for k in ("steps", "solver", "grid", "guidance", "noise_level") if getattr(cfg, k) is not None}
-    return dataclasses.replace(model.sampling, **changes)
+    return model.sampling.with_overrides(steps=cfg.steps, solver=cfg.solver, grid=cfg.grid, guidance=cfg.guidance,
+                                         noise_level=cfg.noise_level)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -814,14 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-perturbations", type=int, help="at most this many perturbations (random; 100 in the RxRx1/JUMP protocol)")
     p.add_argument("--perturbations", help="comma-separated perturbations to evaluate (default: all in the split)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--solver", choices=("euler", "midpoint", "heun"))
-    p.add_argument("--grid", choices=("edm", "uniform"))
+    p.add_argument("--solver", choices=SOLVER_NAMES)
+    p.add_argument("--grid", choices=GRID_NAMES)
     p.add_argument("--guidance", type=float)
     p.add_argument("--noise-level", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=("auto", "fast", "fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--nuclear-channel", type=int, default=0, help="the DNA stain channel, 0-based (default 0)")
     p.add_argument("--moa-cells", type=int, default=200, help="real cells per perturbation to train the MoA classifier on")
     p.add_argument("--kid-subsets", type=int, default=100)

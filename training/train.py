@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,11 +24,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from napari_cellflux.atomic import atomic_write, atomic_write_text
-from napari_cellflux.channels import parse_channels
-from napari_cellflux.checkpoint import CellFluxModel, save_model
-from napari_cellflux.flow import flow_matching_loss, sample_t_skewed, x_t
-from napari_cellflux.model import UNet, UNetConfig, preset
-from napari_cellflux.normalization import Normalization
+from napari_cellflux.core.flow import flow_matching_loss, sample_t_skewed, x_t
+from napari_cellflux.core.unet import UNet, UNetConfig, preset
+from napari_cellflux.models.channels import parse_channels
+from napari_cellflux.models.model_file import CellFluxModel, save_model
+from napari_cellflux.models.normalization import Normalization
+from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
 
 from .config import TrainConfig, load_config
 from .data import TrainingData, load_training_data
@@ -41,49 +41,12 @@ METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("step", "epoch", "loss", "images_per_s", "elapsed_s")
 
 
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def init_distributed(device: torch.device) -> Distributed:
     """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return Distributed()
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank=dist.get_rank(), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str, ddp_local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("run.device is cuda but no CUDA GPU is available; use run.device=cpu")
-        device = torch.device("cuda", ddp_local_rank if int(os.environ.get("WORLD_SIZE", "1")) > 1 else (device.index or 0))
-        torch.cuda.set_device(device)
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA: bf16 where supported, else fp16 (with a grad scaler); fp32 on CPU."""
-    if precision == "fp32" or device.type != "cuda":
-        if precision in ("bf16", "fp16") and device.type != "cuda":
-            raise ValueError(f"optim.precision={precision} needs a CUDA GPU; use auto or fp32 on {device.type}")
-        return None
-    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    if precision in ("fp16", "auto"):
-        return torch.float16
-    raise ValueError(f"optim.precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    env = distributed_env()
+    if env.world_size > 1:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return env
 
 
 def unet_config(cfg: TrainConfig, data: TrainingData) -> UNetConfig:
@@ -196,7 +159,9 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainR
     """Run training to ``cfg.optim.steps`` (or ``cfg.optim.epochs``)."""
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
-    device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(cfg.run.device, distributed_env())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     ddp = init_distributed(device)
     try:
         return _train(cfg, resume, quiet, device, ddp)
@@ -216,7 +181,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
     unet = UNet(unet_config(cfg, data)).to(device)
     ema = EMA(unet, max_decay=cfg.optim.ema_max_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    amp_dtype = autocast_dtype(cfg.optim.precision, device)
+    amp_dtype = autocast_dtype(cfg.optim.precision, device, training=True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     embeddings = data.vocabulary.embeddings.to(device)
     total_steps = cfg.optim.steps
@@ -310,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed_env().is_main:
         print(f"model written to {result.model_path}")
     return 0
 

@@ -9,11 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
+from napari_cellflux import __version__
+from napari_cellflux.settings import COMPILE_MODES, GRID_NAMES, KINDS, PRECISIONS, PRESET_NAMES, SOLVER_NAMES
 
 
 def cmd_verify_parity(args: argparse.Namespace) -> int:
-    from .parity import verify_parity
+    from napari_cellflux.models.parity import verify_parity
 
     report = verify_parity(args.fixture, tolerance=args.tol)
     print("\n".join(report.lines()))
@@ -22,9 +23,9 @@ def cmd_verify_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .channels import parse_channels
-    from .checkpoint import save_model
-    from .published import load_published
+    from napari_cellflux.models.channels import parse_channels
+    from napari_cellflux.models.model_file import save_model
+    from napari_cellflux.models.published import load_published
 
     model = load_published(
         args.checkpoint,
@@ -41,7 +42,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .api import load_model
+    from napari_cellflux.api import load_model
 
     model = load_model(args.model, device="cpu")
     print(describe_model(model))
@@ -54,8 +55,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def describe_model(model) -> str:
-    from .channels import describe
-    from .model import count_parameters
+    from napari_cellflux.core.unet import count_parameters
+    from napari_cellflux.models.channels import describe
 
     vocab = model.vocabulary
     return (
@@ -68,8 +69,8 @@ def describe_model(model) -> str:
 def control_pixels(args: argparse.Namespace, model, n_synthetic: int):
     """(N, C, H, W) stored pixels from ``--controls``, else ``n_synthetic`` synthetic control cells
     at the model's scale (the demo's own kind of cells)."""
-    from .controls import crops_from_file
-    from .samples import synthetic_controls
+    from napari_cellflux.data.samples import synthetic_controls
+    from napari_cellflux.generation.controls import crops_from_file
 
     if args.controls is None:
         return synthetic_controls(n_synthetic, model.image_size, model.config.in_channels, args.seed)
@@ -78,23 +79,25 @@ def control_pixels(args: argparse.Namespace, model, n_synthetic: int):
 
 def sampling_from_args(args: argparse.Namespace, defaults):
     """The model's sampling defaults with the options given on the command line."""
-    from .sampling import SamplingConfig
-
-    return SamplingConfig(
-        solver=args.solver or defaults.solver,
-        grid=args.grid or defaults.grid,
-        steps=args.steps or defaults.steps,
-        guidance=defaults.guidance if args.guidance is None else args.guidance,
-        noise_level=defaults.noise_level if args.noise_level is None else args.noise_level,
+    return defaults.with_overrides(
+        solver=args.solver, grid=args.grid, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
     )
+
+
+def speed_from_args(args: argparse.Namespace):
+    """The speed options of :func:`add_speed_options` (unset: the API's defaults)."""
+    from napari_cellflux.settings import SpeedOptions
+
+    compile_option = {None: False, "auto": True}.get(args.compile, args.compile)
+    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=compile_option)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .api import load_model
-    from .channels import describe
-    from .result import generate_from_pixels
+    from napari_cellflux.api import load_model
+    from napari_cellflux.generation.result import generate_from_pixels
+    from napari_cellflux.models.channels import describe
 
     model = load_model(args.model, device=args.device)
     pixels = control_pixels(args, model, args.n_cells or 16)
@@ -106,7 +109,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         result = generate_from_pixels(
             model, pixels, n_cells=args.n_cells, device=args.device, perturbation=args.perturbation,
-            smiles=args.smiles, sampling=sampling, seed=args.seed, batch_size=args.batch_size, progress=progress,
+            smiles=args.smiles, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+            speed=speed_from_args(args), final_only=args.final_only, progress=progress,
         )
     result.write_tiff(args.out, index=-1 if args.final_only else None)
     times = 1 if args.final_only else len(result.times)
@@ -118,21 +122,19 @@ def cmd_screen(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from .api import load_model, resolve_device
-    from .screen import distributed_env, run_screen
+    from napari_cellflux.api import load_model
+    from napari_cellflux.generation.screen import run_screen
+    from napari_cellflux.runtime import distributed_env, resolve_device
 
-    rank, world, local_rank = distributed_env()
-    device = args.device
-    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU per torchrun process
-    device = resolve_device(device)
+    dist = distributed_env()
+    rank, world = dist.rank, dist.world_size
+    device = resolve_device(args.device, dist)  # under torchrun: this process's own GPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     model = load_model(args.model, device=device)
     pixels = control_pixels(args, model, 64)
     sampling = sampling_from_args(args, model.sampling)
-    compile_option = {None: False, "auto": True}.get(args.compile, args.compile)
     with tqdm(total=1, desc=f"screen (rank {rank}/{world})" if world > 1 else "screen", unit="chunk",
               disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
@@ -142,8 +144,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
         report = run_screen(
             model, pixels, args.out, n_cells=args.n_cells, chunk_size=args.chunk_size,
             perturbation=args.perturbation, smiles=args.smiles, sampling=sampling, seed=args.seed,
-            batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
-            compile=compile_option, all_states=args.all_states, max_chunks=args.max_chunks, progress=progress,
+            batch_size=args.batch_size, speed=speed_from_args(args), all_states=args.all_states, max_chunks=args.max_chunks, progress=progress,
         )
     who = f"rank {rank} of {world}: " if world > 1 else ""
     rate = f" ({report.cells_written / report.seconds:.1f} cells/s)" if report.cells_written and report.seconds else ""
@@ -158,7 +159,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
 
     options = ("seed", "image_size", "channels", "batches", "controls_per_batch", "cells_per_perturbation")
     config = SyntheticScreenConfig(**{k: getattr(args, k) for k in options if getattr(args, k) is not None})
@@ -175,8 +176,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     import tifffile
 
-    from .data.extract import ExtractionConfig, extract_cells, write_extracted
-    from .data.intensity import IntensityScaling
+    from napari_cellflux.data.extract import ExtractionConfig, extract_cells, write_extracted
+    from napari_cellflux.data.intensity import IntensityScaling
 
     scaling = IntensityScaling("range", *args.range) if args.range else IntensityScaling("percentile", *args.percentiles)
     config = ExtractionConfig(
@@ -198,7 +199,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from . import zoo as zoo_module
+    from napari_cellflux.models import zoo as zoo_module
 
     zoo = zoo_module.default_zoo()
     if args.action == "list":
@@ -232,11 +233,20 @@ def add_model_and_condition(p: argparse.ArgumentParser, controls_help: str) -> N
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     """The sampler options that :func:`sampling_from_args` reads (unset: the model's default)."""
-    p.add_argument("--solver", choices=["euler", "midpoint", "heun"], help="ODE solver (default: the model's)")
-    p.add_argument("--grid", choices=["edm", "uniform"], help="time grid (default: the model's)")
+    p.add_argument("--solver", choices=SOLVER_NAMES, help="ODE solver (default: the model's)")
+    p.add_argument("--grid", choices=GRID_NAMES, help="time grid (default: the model's)")
     p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
     p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """The options that :func:`speed_from_args` reads (generate and screen)."""
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="network precision (auto: bf16 on GPUs that support it; fast: also bf16 on CPUs with native bf16)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on for CUDA)")
+    p.add_argument("--compile", nargs="?", const="auto", default=None, choices=("auto", *COMPILE_MODES),
+                   help="torch.compile the UNet (auto: CUDA graphs on CUDA); pays off for long screens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="output model file (.safetensors)")
     p.add_argument("--embeddings", type=Path, help="perturbation embedding CSV (name column, then one float row each)")
     p.add_argument("--channels", help="'DNA:blue,tubulin:green,actin:red' or a dataset name (bbbc021, rxrx1, cpg0000)")
-    p.add_argument("--kind", choices=["compound", "gene", "other"], help="perturbation kind (default: from the dataset)")
+    p.add_argument("--kind", choices=KINDS, help="perturbation kind (default: from the dataset)")
     p.add_argument("--image-size", type=int, default=96, help="crop side in pixels (default 96)")
-    p.add_argument("--preset", choices=["bbbc021", "rxrx1", "cpg0000"], help="architecture preset (default: inferred from the weights)")
+    p.add_argument("--preset", choices=PRESET_NAMES, help="architecture preset (default: inferred from the weights)")
     p.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA weights")
     p.set_defaults(run=cmd_convert)
 
@@ -273,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_speed_options(p)
     p.add_argument("--final-only", action="store_true", help="write only the final (t = 1) state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
@@ -286,12 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="cells per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1; under torchrun, auto/cuda = the process's LOCAL_RANK GPU")
-    p.add_argument("--precision", default="auto", choices=["auto", "fast", "fp32", "bf16", "fp16"],
-                   help="network precision (auto: bf16 on GPUs that support it; fast: also bf16 on CPUs with native bf16)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on for CUDA)")
-    p.add_argument("--compile", nargs="?", const="auto", default=None,
-                   choices=["auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-                   help="torch.compile the UNet (auto: CUDA graphs on CUDA); pays off for long screens")
+    add_speed_options(p)
     p.add_argument("--max-chunks", type=int, help="stop after making this many chunks (e.g. to fit a job's time limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_screen)

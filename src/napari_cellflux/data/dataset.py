@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_cellflux.data.cells import CellTable, load_cell
-from napari_cellflux.normalization import Normalization
-from napari_cellflux.perturbations import Vocabulary
+from napari_cellflux.models.normalization import Normalization
+from napari_cellflux.models.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 
 from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
-from napari_cellflux.chem import compound_vocabulary
 from napari_cellflux.data.cells import CellTable
 from napari_cellflux.data.drawing import CellParameters, draw_cells
 from napari_cellflux.data.impa import bbbc021_key_path, read_impa
-from napari_cellflux.perturbations import Vocabulary
+from napari_cellflux.models.fingerprints import compound_vocabulary
+from napari_cellflux.models.vocabulary import Vocabulary
 
 CONTROL_NAME = "DMSO"
 CONTROL_SMILES = "CS(C)=O"
@@ -243,7 +243,7 @@ def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = S
 
 def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
     """Read a folder written by :func:`make_synthetic_screen` (table, compound vocabulary, held-out names)."""
-    from napari_cellflux.perturbations import read_embedding_csv
+    from napari_cellflux.models.vocabulary import read_embedding_csv
 
     root = Path(path)
     info_path = root / "screen.json"

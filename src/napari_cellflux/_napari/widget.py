@@ -39,20 +39,21 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from . import controls, samples
-from ._writer import LAYER_KEY
-from .channels import describe
-from .layout import channel_grids
+from napari_cellflux._napari.tiling import channel_grids
+from napari_cellflux._napari.writer import LAYER_KEY
+from napari_cellflux.data import samples
+from napari_cellflux.generation import controls
+from napari_cellflux.models.channels import describe
+from napari_cellflux.settings import DEVICES, GRID_NAMES, SOLVER_NAMES
 
 if TYPE_CHECKING:
     import napari
 
-    from .checkpoint import CellFluxModel
-    from .perturbations import Vocabulary
-    from .result import GenerationResult
-    from .sampling import SamplingConfig
+    from napari_cellflux.generation.result import GenerationResult
+    from napari_cellflux.models.model_file import CellFluxModel
+    from napari_cellflux.models.vocabulary import Vocabulary
+    from napari_cellflux.settings import SamplingConfig
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
 SLIDER_TICKS = 1000  # resolution of the t slider over [0, 1]
 SPACING = 16  # world px between the controls grid, the generated grid and other layers
 
@@ -61,7 +62,7 @@ SPACING = 16  # world px between the controls grid, the generated grid and other
 
 
 def _load_job(source: str) -> "CellFluxModel":
-    from .api import load_model
+    from napari_cellflux.api import load_model
 
     return load_model(source, device="cpu")  # moved to the chosen device when generating
 
@@ -69,16 +70,16 @@ def _load_job(source: str) -> "CellFluxModel":
 def _generation_job(model, pixels_job: Callable[[], np.ndarray], condition: dict, options: dict, progress, cancel):
     """Control pixels -> trajectory -> display grids (tiling a long trajectory is not free).
     Returns None when cancelled, so a cancelled run ends quietly and adds nothing."""
-    from .api import GenerationCancelled
-    from .result import generate_from_pixels
-    from .sampling import SamplingConfig
+    from napari_cellflux.api import GenerationCancelled
+    from napari_cellflux.generation.result import generate_from_pixels
+    from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
     pixels = pixels_job()
     try:
         result = generate_from_pixels(
             model, pixels, n_cells=options["n_cells"], device=options["device"],
             sampling=SamplingConfig(**options["sampling"]), seed=options["seed"],
-            precision="fast",  # interactive: bf16 wherever the hardware computes it natively
+            speed=SpeedOptions(precision="fast"),  # interactive: bf16 wherever the hardware computes it natively
             progress=progress, cancel=cancel, **condition,
         )
     except GenerationCancelled:
@@ -302,7 +303,7 @@ class ModelBox(QGroupBox):
         lay.addWidget(self.info)
 
     def _list_zoo(self) -> None:
-        from .zoo import ZooError, default_zoo
+        from napari_cellflux.models.zoo import ZooError, default_zoo
 
         try:
             statuses = default_zoo().list_models()
@@ -401,7 +402,8 @@ class SamplingBox(QCollapsible):
     def __init__(self):
         super().__init__("Sampling (advanced)")
         self.solver, self.grid, self.device = QComboBox(), QComboBox(), QComboBox()
-        self.device.addItems(DEVICES)
+        for combo, names in ((self.solver, SOLVER_NAMES), (self.grid, GRID_NAMES), (self.device, DEVICES)):
+            combo.addItems(names)
         self.steps = _spin(1, 1000, 50)
         self.guidance = _spin(0.0, 10.0, 0.2, step=0.05)
         self.noise = _spin(0.0, 5.0, 0.5, step=0.05)
@@ -417,12 +419,8 @@ class SamplingBox(QCollapsible):
         self.addWidget(form)
 
     def set_defaults(self, sampling: "SamplingConfig") -> None:
-        from .sampling import SOLVERS, TIME_GRIDS  # torch is loaded by now (a model is)
-
-        for combo, names, value in ((self.solver, SOLVERS, sampling.solver), (self.grid, TIME_GRIDS, sampling.grid)):
-            combo.clear()
-            combo.addItems(sorted(names))
-            combo.setCurrentText(value)
+        self.solver.setCurrentText(sampling.solver)
+        self.grid.setCurrentText(sampling.grid)
         self.steps.setValue(sampling.steps)
         self.guidance.setValue(sampling.guidance)
         self.noise.setValue(sampling.noise_level)

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .channels import describe
-from .crops import read_crops, to_nchw
+from napari_cellflux.generation.crop_files import read_crops, to_nchw
+from napari_cellflux.models.channels import describe
 
 if TYPE_CHECKING:
-    from .checkpoint import CellFluxModel
-    from .data.extract import ExtractionConfig
+    from napari_cellflux.models.model_file import CellFluxModel
+
+    from napari_cellflux.data.extract import ExtractionConfig
 
 # The extraction defaults are tuned for the published 96 x 96 crops (FACTS); lengths scale with
 # the crop side because a model trained on S-px crops expects cells imaged at that scale.
@@ -74,13 +75,13 @@ def crops_from_arrays(arrays: Sequence[np.ndarray], model: "CellFluxModel", sour
 
 
 def crops_from_file(path: str | Path, model: "CellFluxModel") -> np.ndarray:
-    """Crops from a .npy / .tif stack or a folder of them (see :func:`napari_cellflux.crops.read_crops`)."""
+    """Crops from a .npy / .tif stack or a folder of them (see :func:`napari_cellflux.generation.crop_files.read_crops`)."""
     return check_crops(read_crops(path, model.config.in_channels), model, str(path))
 
 
 def extraction_config(crop_size: int) -> "ExtractionConfig":
     """The default cell extraction with its lengths scaled from 96-px crops to ``crop_size``."""
-    from .data.extract import ExtractionConfig
+    from napari_cellflux.data.extract import ExtractionConfig
 
     default = ExtractionConfig()
     f = crop_size / REFERENCE_CROP_SIZE
@@ -99,7 +100,7 @@ def crops_from_field(
     """Cells cut out of a whole field: one (C, H, W) / (H, W, C) image or one (H, W) plane per
     channel. Nuclei are segmented on the first channel (the DNA stain) unless ``labels`` (H, W)
     come from another segmentation."""
-    from .data.extract import extract_cells
+    from napari_cellflux.data.extract import extract_cells
 
     image = stack_channels(arrays, source)
     try:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .flow import guided, x_init
-from .model import UNetConfig
-from .published import PublishedCheckpoint, build_unet, torch_load_safely
-from .sampling import integrate, solver
+from napari_cellflux.core.flow import guided, x_init
+from napari_cellflux.core.solvers import integrate, solver
+from napari_cellflux.core.unet import UNetConfig
+from napari_cellflux.models.published import PublishedCheckpoint, build_unet, torch_load_safely
 
 
 @dataclass

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
-from .channels import Channel
-from .normalization import Normalization
+from napari_cellflux.atomic import atomic_write
+from napari_cellflux.models.channels import Channel
+from napari_cellflux.models.normalization import Normalization
 
 
 def write_trajectory_tiff(

@@ -6,19 +6,19 @@ walks a grid with any of them and returns the state at every grid time.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
-from .flow import Velocity
+from napari_cellflux.core.flow import Velocity
+from napari_cellflux.settings import canonical_solver, check_steps
 
 Step = Callable[[Velocity, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def uniform_grid(steps: int) -> torch.Tensor:
     """``steps + 1`` evenly spaced times from 0 to 1."""
-    _check_steps(steps, 1)
+    check_steps("uniform", steps)
     return torch.linspace(0.0, 1.0, steps + 1)
 
 
@@ -29,7 +29,7 @@ def edm_grid(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho:
     i = 0..steps-1, then sigma = 0 is appended; t = 1 / (1 + sigma). Steps crowd near t = 1,
     where the fine detail of the perturbed cell is formed.
     """
-    _check_steps(steps, 2)
+    check_steps("edm", steps)
     i = torch.arange(steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigma = (hi + i / (steps - 1) * (lo - hi)) ** rho
@@ -42,14 +42,8 @@ TIME_GRIDS: dict[str, Callable[[int], torch.Tensor]] = {"uniform": uniform_grid,
 
 def time_grid(name: str, steps: int) -> torch.Tensor:
     """The grid called ``name`` ("uniform" or "edm") with ``steps`` intervals."""
-    if name not in TIME_GRIDS:
-        raise ValueError(f"unknown time grid {name!r}; choose one of {sorted(TIME_GRIDS)}")
+    check_steps(name, steps)
     return TIME_GRIDS[name](steps)
-
-
-def _check_steps(steps: int, minimum: int) -> None:
-    if int(steps) != steps or steps < minimum:
-        raise ValueError(f"steps must be an integer >= {minimum}, got {steps!r}")
 
 
 def euler_step(velocity: Velocity, x: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
@@ -73,15 +67,11 @@ def heun_step(velocity: Velocity, x: torch.Tensor, t0: torch.Tensor, t1: torch.T
 
 
 SOLVERS: dict[str, Step] = {"euler": euler_step, "midpoint": midpoint_step, "heun": heun_step}
-EVALUATIONS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2}
 
 
 def solver(name: str) -> Step:
     """The step function called ``name`` ("euler", "midpoint" or "heun"; "heun2" is an alias)."""
-    name = "heun" if name == "heun2" else name
-    if name not in SOLVERS:
-        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}")
-    return SOLVERS[name]
+    return SOLVERS[canonical_solver(name)]
 
 
 def integrate(
@@ -110,33 +100,3 @@ def integrate(
         if callback is not None:
             callback(i, x)
     return torch.stack(states)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How to integrate from control to perturbed; the defaults are the paper's (50 Heun steps on
-    the EDM grid = 100 network evaluations, guidance w = 0.2, noise level 0.5)."""
-
-    solver: str = "heun"
-    grid: str = "edm"
-    steps: int = 50
-    guidance: float = 0.2
-    noise_level: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.solver == "heun2":  # the authors' name for Heun
-            object.__setattr__(self, "solver", "heun")
-        solver(self.solver)
-        time_grid(self.grid, self.steps)
-        if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0 (0 = no guidance), got {self.guidance}")
-        if self.noise_level < 0:
-            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
-
-    @property
-    def evaluations(self) -> int:
-        """Network evaluations per image (twice as many forwards with guidance)."""
-        return self.steps * EVALUATIONS_PER_STEP[self.solver]
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .api import Trajectory
-    from .channels import Channel
-    from .checkpoint import CellFluxModel
-    from .normalization import Normalization
+    from napari_cellflux.generation.generate import Trajectory
+    from napari_cellflux.models.channels import Channel
+    from napari_cellflux.models.model_file import CellFluxModel
+    from napari_cellflux.models.normalization import Normalization
 
 
 @dataclass
@@ -44,7 +44,7 @@ class GenerationResult:
 
     def write_tiff(self, path: str | Path, index: int | None = None) -> Path:
         """Write the whole trajectory, or only grid state ``index``, as a Fiji hyperstack (atomic)."""
-        from .export import write_trajectory_tiff
+        from napari_cellflux.generation.export import write_trajectory_tiff
 
         states, times = self.trajectory.states, self.trajectory.times
         if index is not None:
@@ -66,9 +66,10 @@ def generate_from_pixels(
     """Run :func:`napari_cellflux.api.generate` on the first ``n_cells`` of the control crops
     ``pixels`` (N, C, H, W, stored values) on ``device``; ``generate_options`` go to generate
     (perturbation or smiles, sampling, seed, progress, cancel, ...)."""
-    from . import api
+    from napari_cellflux.generation.generate import generate  # torch: only once a run starts
+    from napari_cellflux.runtime import resolve_device
 
     controls = np.asarray(pixels)[:n_cells]
-    model.to(api.resolve_device(device))
-    trajectory = api.generate(model, model.normalization.to_model(controls), **generate_options)
+    model.to(resolve_device(device))
+    trajectory = generate(model, model.normalization.to_model(controls), **generate_options)
     return GenerationResult(trajectory, controls, model.channels, model.normalization)

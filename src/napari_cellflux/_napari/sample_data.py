@@ -3,7 +3,7 @@ whole field, drawn on the fly at the demo model's scale; one layer per channel."
 
 from __future__ import annotations
 
-from .samples import synthetic_channels, synthetic_controls, synthetic_field
+from napari_cellflux.data.samples import synthetic_channels, synthetic_controls, synthetic_field
 
 
 def _channel_layers(prefix: str, channel_axis: int, count: int) -> dict:

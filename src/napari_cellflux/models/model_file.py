@@ -18,13 +18,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from . import __version__
-from .atomic import atomic_write_bytes
-from .channels import Channel, describe
-from .model import UNet, UNetConfig
-from .normalization import Normalization
-from .perturbations import Vocabulary
-from .sampling import SamplingConfig
+from napari_cellflux import __version__
+from napari_cellflux.atomic import atomic_write_bytes
+from napari_cellflux.core.unet import UNet, UNetConfig
+from napari_cellflux.models.channels import Channel, describe
+from napari_cellflux.models.normalization import Normalization
+from napari_cellflux.models.vocabulary import Vocabulary
+from napari_cellflux.settings import SamplingConfig
 
 FORMAT = "napari-cellflux"
 FORMAT_VERSION = 1

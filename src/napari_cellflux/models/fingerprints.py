@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from napari_cellflux.perturbations import Vocabulary
+from napari_cellflux.models.vocabulary import Vocabulary
 
 # Vehicle controls whose SMILES everyone agrees on, so a control needs no SMILES from the user.
 KNOWN_CONTROLS = {"dmso": "CS(C)=O"}

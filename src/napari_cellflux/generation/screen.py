@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,11 +30,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_text
+from napari_cellflux.atomic import atomic_write, atomic_write_text
+from napari_cellflux.generation.controls import check_crops
+from napari_cellflux.generation.generate import GenerationCancelled, condition_vector, generate
+from napari_cellflux.runtime import autocast_dtype, distributed_env, dtype_name
+from napari_cellflux.settings import SpeedOptions
 
 if TYPE_CHECKING:
-    from .checkpoint import CellFluxModel
-    from .sampling import SamplingConfig
+    from napari_cellflux.models.model_file import CellFluxModel
+    from napari_cellflux.settings import SamplingConfig
 
 MANIFEST = "manifest.json"
 FORMAT = "napari-cellflux/screen"
@@ -70,16 +73,6 @@ def chunk_seed(seed: int, index: int) -> int:
 def rank_chunks(n_chunks: int, rank: int, world_size: int) -> range:
     """The chunks rank ``rank`` of ``world_size`` makes: rank, rank + W, ..."""
     return range(rank, n_chunks, world_size)
-
-
-def distributed_env() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} do not describe a process of a group")
-    return rank, world, local
 
 
 def pool_sha256(pixels: np.ndarray) -> str:
@@ -125,8 +118,8 @@ def screen_manifest(
 ) -> dict:
     import torch
 
-    from . import __version__
-    from .sampling import time_grid
+    from napari_cellflux import __version__
+    from napari_cellflux.core.solvers import time_grid
 
     states = {"states": "all", "times": time_grid(sampling.grid, sampling.steps).tolist()} if all_states else {"states": "final"}
     dtype = np.uint8 if model.normalization.max_value <= 255 else np.uint16
@@ -218,9 +211,7 @@ def run_screen(
     sampling: "SamplingConfig | None" = None,
     seed: int = 0,
     batch_size: int = 256,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    compile: bool | str = False,
+    speed: SpeedOptions = SpeedOptions(),
     all_states: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
@@ -235,20 +226,17 @@ def run_screen(
     ``world_size`` (default: RANK / WORLD_SIZE from the environment) split the chunks between
     processes. ``max_chunks`` stops after that many new chunks; ``cancel()`` is polled every
     solver step (the chunk in progress is dropped). ``progress(done, total)`` counts this rank's
-    chunks, skipped ones included. Sampling options go to :func:`napari_cellflux.api.generate`.
+    chunks, skipped ones included. Sampling and speed options are :func:`napari_cellflux.api.generate`'s.
     """
-    from . import api
-    from .controls import check_crops
-
     if int(n_cells) != n_cells or n_cells < 1:
         raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
     if int(chunk_size) != chunk_size or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if max_chunks is not None and max_chunks < 0:
         raise ValueError(f"max_chunks must be >= 0, got {max_chunks}")
-    env_rank, env_world, _ = distributed_env()
-    rank = env_rank if rank is None else rank
-    world_size = env_world if world_size is None else world_size
+    env = distributed_env()
+    rank = env.rank if rank is None else rank
+    world_size = env.world_size if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} does not exist in a group of {world_size}")
     controls = np.asarray(controls)
@@ -256,11 +244,11 @@ def run_screen(
         raise ValueError(f"the control pool must be (N, C, H, W) crops, got shape {controls.shape}")
     check_crops(controls, model, "control pool")
     sampling = sampling or model.sampling
-    _, condition = api.condition_vector(model, perturbation, smiles=smiles)
-    dtype = api.autocast_dtype(precision, model.device)
+    _, condition = condition_vector(model, perturbation, smiles=smiles)
+    dtype = autocast_dtype(speed.precision, model.device)
     manifest = screen_manifest(
         model, controls, condition=condition, sampling=sampling, n_cells=n_cells, chunk_size=chunk_size,
-        seed=seed, precision=str(dtype or "torch.float32").removeprefix("torch."), all_states=all_states,
+        seed=seed, precision=dtype_name(dtype), all_states=all_states,
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,12 +280,12 @@ def run_screen(
             _remove_stale_parts(out, index)
             rows = chunk_control_indices(seed, index, n, len(controls))
             try:
-                trajectory = api.generate(
+                trajectory = generate(
                     model, model.normalization.to_model(controls[rows]), perturbation, smiles=smiles,
                     sampling=sampling, seed=chunk_seed(seed, index), batch_size=batch_size, cancel=cancel,
-                    precision=precision, channels_last=channels_last, compile=compile, final_only=not all_states,
+                    speed=speed, final_only=not all_states,
                 )
-            except api.GenerationCancelled:
+            except GenerationCancelled:
                 report.cancelled = stopped = True
                 report.remaining.append(index)
                 continue

@@ -32,20 +32,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Union
 
-from .atomic import atomic_write_text
-from .channels import DATASET_CHANNELS, Channel
+from napari_cellflux.atomic import atomic_write_text
+from napari_cellflux.models.channels import DATASET_CHANNELS, Channel
 
 if TYPE_CHECKING:
-    from .checkpoint import CellFluxModel
-    from .model import UNetConfig
-    from .perturbations import Vocabulary
+    from napari_cellflux.core.unet import UNetConfig
+    from napari_cellflux.models.model_file import CellFluxModel
+    from napari_cellflux.models.vocabulary import Vocabulary
 
 HF_BASE = "https://huggingface.co/suyc21/CellFlux/resolve/main/"
 # The IMPA repository (theislab/IMPA) publishes the embedding tables CellFlux was trained with
 # (CellFlux reuses IMPA's preprocessing). Commits are pinned, so a URL always names the same bytes.
 IMPA_BBBC021_BASE = "https://raw.githubusercontent.com/theislab/IMPA/e4a28351d6ea1e729c5196a42421fb022a5f6fac/"
 IMPA_RXRX1_BASE = "https://raw.githubusercontent.com/theislab/IMPA/823f3d1fb72739ab65b57d3ea44327c6472bf322/"
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ENV_CACHE = "CELLFLUX_CACHE"
 ENV_URL = "CELLFLUX_ZOO_URL"
 PINS_FORMAT = "napari-cellflux zoo pins"
@@ -119,7 +119,7 @@ class PublishedModel:
     kind: ClassVar[str] = "published"
 
     def unet_config(self) -> "UNetConfig":
-        from .model import preset
+        from napari_cellflux.core.unet import preset
 
         return preset(self.config) if isinstance(self.config, str) else self.config
 
@@ -282,7 +282,7 @@ class Zoo:
         target = self._model_file(entry, embeddings)
         if target.is_file() and target.name in self._pins()["models"]:
             return target
-        from .checkpoint import load_model_file, save_model
+        from napari_cellflux.models.model_file import load_model_file, save_model
 
         pending: dict[str, str] = {}
         vocabulary, embedding_source = self._vocabulary(entry, embeddings, progress, pending)
@@ -315,7 +315,7 @@ class Zoo:
     ) -> "CellFluxModel":
         """Fetch ``name`` if needed and load it onto ``device``; the file's hash is checked against
         the pin (or the registry) so a cache file changed after conversion is refused."""
-        from .checkpoint import load_model_file
+        from napari_cellflux.models.model_file import load_model_file
 
         entry = self.entry(name)
         path = self.fetch(name, embeddings=embeddings, progress=progress)
@@ -366,7 +366,7 @@ class Zoo:
 
     def _converted(self, entry: PublishedModel) -> Path | None:
         """A converted file of ``entry`` whose hash still matches its pin, if any."""
-        from .checkpoint import file_sha256
+        from napari_cellflux.models.model_file import file_sha256
 
         pinned = self._pins()["models"]
         for path in self._model_files(entry):
@@ -375,7 +375,7 @@ class Zoo:
         return None
 
     def _verified_asset(self, entry: BundledModel) -> Path:
-        from .checkpoint import file_sha256
+        from napari_cellflux.models.model_file import file_sha256
 
         path = self.assets_dir / entry.file
         if not path.is_file():
@@ -395,8 +395,8 @@ class Zoo:
         its width must match the checkpoint's condition_dim."""
         import torch
 
-        from .checkpoint import file_sha256
-        from .perturbations import Vocabulary, read_embedding_csv
+        from napari_cellflux.models.model_file import file_sha256
+        from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
         config = entry.unet_config()
         if isinstance(embeddings, Vocabulary):
@@ -430,7 +430,7 @@ class Zoo:
 
     def _convert(self, entry: PublishedModel, raw: Path, vocabulary: "Vocabulary") -> "CellFluxModel":
         """The published checkpoint as an own-format model: EMA weights, the entry's architecture."""
-        from .published import load_published
+        from napari_cellflux.models.published import load_published
 
         try:
             return load_published(
@@ -451,7 +451,7 @@ class Zoo:
         import pooch
         import requests
 
-        from .checkpoint import file_sha256
+        from napari_cellflux.models.model_file import file_sha256
 
         dest = self._download_path(file)
         _sweep_stale_temps(dest.parent)

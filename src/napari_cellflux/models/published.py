@@ -17,15 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .channels import DATASET_CHANNELS, Channel, default_channels
-from .checkpoint import CellFluxModel, file_sha256, load_weights
-from .model import UNet, UNetConfig, preset
-from .normalization import Normalization
-from .perturbations import Vocabulary, read_embedding_csv
-from .sampling import SOLVERS, SamplingConfig
+from napari_cellflux.core.unet import UNet, UNetConfig, preset
+from napari_cellflux.models.channels import DATASET_CHANNELS, Channel, default_channels
+from napari_cellflux.models.model_file import CellFluxModel, file_sha256, load_weights
+from napari_cellflux.models.normalization import Normalization
+from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
+from napari_cellflux.settings import DATASET_KINDS, SOLVER_ALIASES, SOLVER_NAMES, SamplingConfig
 
 ALLOWED_GLOBALS = (argparse.Namespace,)
-DATASET_KINDS = {"bbbc021": "compound", "rxrx1": "gene", "cpg0000": "other"}
 
 
 class UnsafeCheckpointError(ValueError):
@@ -114,7 +113,7 @@ class PublishedCheckpoint:
         solver = a.get("ode_method", paper.solver)
         return SamplingConfig(
             # An adaptive solver of theirs (e.g. dopri5) has no fixed-grid twin here: use the paper's.
-            solver=solver if solver in SOLVERS or solver == "heun2" else paper.solver,
+            solver=solver if solver in SOLVER_NAMES or solver in SOLVER_ALIASES else paper.solver,
             grid={True: "edm", False: "uniform"}.get(a.get("edm_schedule"), paper.grid),
             guidance=float(a.get("cfg_scale", paper.guidance)),
             noise_level=float(a.get("noise_level", paper.noise_level)),

@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from .channels import Channel, default_channels
+from napari_cellflux.models.channels import Channel, default_channels
 
 DEMO_IMAGE_SIZE = 32
 DEMO_CHANNELS = 3
@@ -18,7 +18,7 @@ DEMO_CHANNELS = 3
 
 def synthetic_channels(count: int = DEMO_CHANNELS) -> tuple[Channel, ...]:
     """The synthetic screen's channel names (DNA, cytoskeleton, cytoplasm, ...) with display colours."""
-    from .data.synthetic import channel_names
+    from napari_cellflux.data.synthetic import channel_names
 
     return tuple(Channel(name, c.color) for name, c in zip(channel_names(count), default_channels(count)))
 
@@ -29,8 +29,8 @@ def synthetic_controls(n: int = 16, image_size: int = DEMO_IMAGE_SIZE, channels:
     They come from :func:`make_synthetic_screen` itself (written to a temporary folder and read
     back), so they carry exactly the screen's cell drawing, batch artefacts and pixel noise.
     """
-    from .data.cells import load_cell
-    from .data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+    from napari_cellflux.data.cells import load_cell
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
 
     if n < 2:
         raise ValueError(f"ask for at least 2 synthetic control cells, got {n}")
@@ -47,7 +47,7 @@ def synthetic_controls(n: int = 16, image_size: int = DEMO_IMAGE_SIZE, channels:
 def synthetic_field(seed: int = 0):
     """A 256 x 256 synthetic DMSO field of about 24 cells at the demo's scale, with its true
     nucleus labels (:class:`napari_cellflux.data.synthetic.SyntheticField`)."""
-    from .data.synthetic import make_synthetic_field
+    from napari_cellflux.data.synthetic import make_synthetic_field
 
     return make_synthetic_field(
         (256, 256), n_cells=24, channels=DEMO_CHANNELS, cell_size=DEMO_IMAGE_SIZE, seed=seed

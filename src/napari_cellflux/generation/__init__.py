@@ -1,0 +1,1 @@
+"""From control cells to generated cells: controls, trajectories and results, export, virtual screens."""

@@ -1,0 +1,1 @@
+"""The model file and where models come from: weights + metadata, published checkpoints, zoo, vocabularies, channels, normalisation."""

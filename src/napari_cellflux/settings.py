@@ -1,0 +1,112 @@
+"""Names and settings that need no torch: the one registry of every choice the CLI, the widget,
+training and evaluation offer, and the typed settings validated against it.
+
+The torch code keys its tables by these names (``core.solvers.SOLVERS``, ``core.unet.PRESETS``,
+``runtime.DTYPES``), and the tests check that both sides list the same names, so a choice is
+added in one place and every front end offers it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+# ODE solvers: name -> network evaluations per step. "heun2" is the authors' name for Heun.
+EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
+SOLVER_NAMES = tuple(EVALUATIONS_PER_STEP)
+SOLVER_ALIASES = {"heun2": "heun"}
+# Time grids: name -> the fewest steps it is defined for (EDM's formula divides by steps - 1).
+GRID_MIN_STEPS = {"uniform": 1, "edm": 2}
+GRID_NAMES = tuple(GRID_MIN_STEPS)
+
+# Network precision for generation. "auto" is reproducible across CPUs (fp32 there, bf16 on
+# GPUs that have it); "fast" also takes bf16 on CPUs that compute it natively (runtime.py).
+PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16")
+# Training has no "fast": a run's precision is part of the run, chosen once.
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# The published CellFlux models: their UNet presets and what each is conditioned on.
+PRESET_NAMES = ("bbbc021", "rxrx1", "cpg0000")
+DATASET_KINDS = {"bbbc021": "compound", "rxrx1": "gene", "cpg0000": "other"}
+KINDS = ("compound", "gene", "other")
+
+
+def _choice(what: str, value, names) -> None:
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(names)}")
+
+
+def canonical_solver(name: str) -> str:
+    """``name`` with the authors' aliases resolved ("heun2" -> "heun"); unknown names are an error."""
+    name = SOLVER_ALIASES.get(name, name)
+    _choice("solver", name, SOLVER_NAMES)
+    return name
+
+
+def check_steps(grid: str, steps) -> None:
+    """``steps`` must be an integer the grid ``grid`` is defined for."""
+    _choice("time grid", grid, GRID_NAMES)
+    minimum = GRID_MIN_STEPS[grid]
+    whole = isinstance(steps, (int, float)) and not isinstance(steps, bool) and math.isfinite(steps) and float(steps).is_integer()
+    if not whole or steps < minimum:
+        raise ValueError(f"steps must be an integer >= {minimum} for the {grid} grid, got {steps!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to integrate from control to perturbed; the defaults are the paper's (50 Heun steps on
+    the EDM grid = 100 network evaluations, guidance w = 0.2, noise level 0.5)."""
+
+    solver: str = "heun"
+    grid: str = "edm"
+    steps: int = 50
+    guidance: float = 0.2
+    noise_level: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "solver", canonical_solver(self.solver))
+        check_steps(self.grid, self.steps)
+        for name in ("guidance", "noise_level"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per image (twice as many forwards with guidance)."""
+        return self.steps * EVALUATIONS_PER_STEP[self.solver]
+
+    def with_overrides(self, **changes) -> "SamplingConfig":
+        """These settings with the given fields changed; a field given as None keeps its value.
+        The one home of "the model's defaults plus the user's options" (CLI, evaluation, benchmarks)."""
+        unknown = sorted(set(changes) - set(asdict(self)))
+        if unknown:
+            raise ValueError(f"unknown sampling settings {unknown}; valid: {sorted(asdict(self))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How the network runs, not what it computes (each is tested against the fp32 reference).
+
+    precision: one of PRECISIONS; the ODE state is always integrated in fp32. channels_last:
+    NHWC weights and activations (None = on for CUDA). compile: ``torch.compile`` the UNet (True
+    = CUDA graphs on CUDA, "default" elsewhere, or a mode from COMPILE_MODES), compiled once per
+    model and mode. batch_guidance: the conditional and unconditional halves of a guided step as
+    one forward (False: two forwards, the authors' way).
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool | str = False
+    batch_guidance: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
