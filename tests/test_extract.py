@@ -20,7 +20,7 @@ from napari_cellflux.data.extract import (
 )
 from napari_cellflux.data.intensity import IntensityScaling, scale_to_uint8
 from napari_cellflux.data.plain import read_plain
-from napari_cellflux.data.synthetic import make_synthetic_field
+from napari_cellflux.data.synthetic_field import make_synthetic_field
 
 
 def assert_centred(cells, size: int) -> None:

@@ -12,12 +12,8 @@ from skimage import filters, measure
 
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.impa import bbbc021_key_path
-from napari_cellflux.data.synthetic import (
-    SyntheticScreenConfig,
-    make_synthetic_field,
-    make_synthetic_screen,
-    read_synthetic_screen,
-)
+from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+from napari_cellflux.data.synthetic_field import make_synthetic_field
 from napari_cellflux.models.fingerprints import morgan_count_fingerprint
 
 

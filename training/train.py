@@ -28,6 +28,7 @@ from napari_cellflux.core.flow import flow_matching_loss, sample_t_skewed, x_t
 from napari_cellflux.core.unet import UNet, UNetConfig, preset
 from napari_cellflux.models.channels import parse_channels
 from napari_cellflux.models.model_file import CellFluxModel, save_model
+from napari_cellflux.errors import CellFluxError, run_main
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
 
@@ -220,7 +221,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
             torch.manual_seed(step_seed(cfg.run.seed, step, ddp.rank))
             loss = training_step(model, batch, embeddings, cfg, device, amp_dtype)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower optim.lr or use optim.precision=fp32")
+                raise CellFluxError(f"loss became {loss.item()} at step {step}; lower optim.lr or use optim.precision=fp32")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -262,22 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.steps=500 run.out=runs/x")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume, quiet=args.quiet)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, FloatingPointError) as err:
-        print(f"training: error: {err}", file=sys.stderr)
-        return 2
-    except torch.cuda.OutOfMemoryError:
-        print(
-            "training: error: the GPU ran out of memory; lower optim.batch_size (or use more GPUs with torchrun); "
-            "the last checkpoint is intact, resume with --resume",
-            file=sys.stderr,
-        )
-        return 3
-    if distributed_env().is_main:
-        print(f"model written to {result.model_path}")
-    return 0
+        try:
+            result = train(cfg, resume=args.resume, quiet=args.quiet)
+        except torch.cuda.OutOfMemoryError:
+            raise CellFluxError(
+                "the GPU ran out of memory; lower optim.batch_size (or use more GPUs with torchrun); "
+                "the last checkpoint is intact, resume with --resume"
+            ) from None
+        if distributed_env().is_main:
+            print(f"model written to {result.model_path}")
+        return 0
+
+    return run_main("training", run)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from napari_cellflux.core.speed import compile_mode
+from napari_cellflux.errors import InputError
 from napari_cellflux.generation.generate import (
     GenerationCancelled,
     ProgressCallback,
@@ -54,12 +55,12 @@ def load_model(path: str | Path, device: str | torch.device | None = None, **pub
             )
         others = sorted(set(published_options) - {"embeddings"})
         if others:
-            raise ValueError(f"zoo model {str(path)!r} takes only the embeddings option, not {others}")
+            raise InputError(f"zoo model {str(path)!r} takes only the embeddings option, not {others}")
         return registry.load(str(path), resolve_device(device), embeddings=published_options.get("embeddings"))
     device = resolve_device(device)
     if is_own_format(path):
         if published_options:
-            raise ValueError(f"{path} is a napari-cellflux model file; options {sorted(published_options)} apply only to published checkpoints")
+            raise InputError(f"{path} is a napari-cellflux model file; options {sorted(published_options)} apply only to published checkpoints")
         return load_model_file(path, device)
     return load_published(path, **published_options).to(device)
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from napari_cellflux import __version__
+from napari_cellflux.atomic import check_writable
 from napari_cellflux.settings import COMPILE_MODES, GRID_NAMES, KINDS, PRECISIONS, PRESET_NAMES, SOLVER_NAMES
 
 
@@ -99,6 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from napari_cellflux.generation.result import generate_from_pixels
     from napari_cellflux.models.channels import describe
 
+    check_writable(args.out, what="--out", suffixes=(".tif", ".tiff"))
     model = load_model(args.model, device=args.device)
     pixels = control_pixels(args, model, args.n_cells or 16)
     sampling = sampling_from_args(args, model.sampling)
@@ -126,6 +128,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from napari_cellflux.generation.screen import run_screen
     from napari_cellflux.runtime import distributed_env, resolve_device
 
+    check_writable(args.out, what="--out", folder=True)
     dist = distributed_env()
     rank, world = dist.rank, dist.world_size
     device = resolve_device(args.device, dist)  # under torchrun: this process's own GPU
@@ -178,12 +181,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from napari_cellflux.data.extract import ExtractionConfig, extract_cells, write_extracted
     from napari_cellflux.data.intensity import IntensityScaling
+    from napari_cellflux.data.plain import check_prefix
 
     scaling = IntensityScaling("range", *args.range) if args.range else IntensityScaling("percentile", *args.percentiles)
     config = ExtractionConfig(
         crop_size=args.crop_size, nucleus_channel=args.nucleus_channel, smoothing_sigma=args.sigma,
         min_area=args.min_area, split_touching=not args.no_split, scaling=scaling,
     )
+    check_prefix(args.prefix or args.field.stem)
+    check_writable(args.out, what="--out", folder=True)
     labels = tifffile.imread(args.labels) if args.labels else None
     cells = extract_cells(args.field, config, labels=labels, channel_axis=args.channel_axis)
     csv_path = write_extracted(
@@ -249,8 +255,31 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the UNet (auto: CUDA graphs on CUDA); pays off for long screens")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the package's one-line error format (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cellflux", description="CellFlux: simulate perturbed cells by flow matching.")
+    parser = Parser(prog="cellflux", description="CellFlux: simulate perturbed cells by flow matching.")
     parser.add_argument("--version", action="version", version=f"napari-cellflux {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -265,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", type=Path, help="perturbation embedding CSV (name column, then one float row each)")
     p.add_argument("--channels", help="'DNA:blue,tubulin:green,actin:red' or a dataset name (bbbc021, rxrx1, cpg0000)")
     p.add_argument("--kind", choices=KINDS, help="perturbation kind (default: from the dataset)")
-    p.add_argument("--image-size", type=int, default=96, help="crop side in pixels (default 96)")
+    p.add_argument("--image-size", type=positive_int, default=96, help="crop side in pixels (default 96)")
     p.add_argument("--preset", choices=PRESET_NAMES, help="architecture preset (default: inferred from the weights)")
     p.add_argument("--live-weights", action="store_true", help="use the live weights instead of the EMA weights")
     p.set_defaults(run=cmd_convert)
@@ -278,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate perturbed cells from control crops and write a TIFF")
     add_model_and_condition(p, controls_help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them (default: synthetic control cells)")
     p.add_argument("--out", type=Path, required=True, help="output TIFF (ImageJ hyperstack T x cells x C)")
-    p.add_argument("--n-cells", type=int, default=None, help="use only the first N control cells")
+    p.add_argument("--n-cells", type=positive_int, default=None, help="use only the first N control cells")
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     add_speed_options(p)
     p.add_argument("--final-only", action="store_true", help="write only the final (t = 1) state")
@@ -289,16 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_generate)
     p = sub.add_parser("screen", help="virtual screen: generate many cells in chunks streamed to disk (resumable, torchrun-ready)")
     add_model_and_condition(p, controls_help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)")
-    p.add_argument("--n-cells", type=int, required=True, help="cells to generate, e.g. 100000")
-    p.add_argument("--chunk-size", type=int, default=1024, help="cells per chunk file (default 1024); memory is one chunk")
+    p.add_argument("--n-cells", type=positive_int, required=True, help="cells to generate, e.g. 100000")
+    p.add_argument("--chunk-size", type=positive_int, default=1024, help="cells per chunk file (default 1024); memory is one chunk")
     p.add_argument("--out", type=Path, required=True, help="screen folder: manifest.json + chunk_<i>.npy; run again to resume")
     p.add_argument("--all-states", action="store_true", help="store every grid state, (n, T, C, H, W) per chunk (default: only the final t = 1 state)")
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="cells per forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="cells per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1; under torchrun, auto/cuda = the process's LOCAL_RANK GPU")
     add_speed_options(p)
-    p.add_argument("--max-chunks", type=int, help="stop after making this many chunks (e.g. to fit a job's time limit)")
+    p.add_argument("--max-chunks", type=non_negative_int, help="stop after making this many chunks (e.g. to fit a job's time limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_screen)
 
@@ -306,11 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     # Unset options keep SyntheticScreenConfig's defaults (not imported here: it pulls in torch).
     p.add_argument("--out", type=Path, required=True, help="new or empty output folder")
     p.add_argument("--seed", type=int, help="same seed, same files (default 0)")
-    p.add_argument("--image-size", type=int, help="crop side in pixels (default 32; 96 is paper-like)")
-    p.add_argument("--channels", type=int, help="DNA, cytoskeleton, cytoplasm, then extra stains (default 3)")
-    p.add_argument("--batches", type=int, help="batches with their own gain and background (default 3)")
-    p.add_argument("--controls-per-batch", type=int, help="DMSO cells per batch (default 100)")
-    p.add_argument("--cells-per-perturbation", type=int, help="cells per perturbation and batch (default 40)")
+    p.add_argument("--image-size", type=positive_int, help="crop side in pixels (default 32; 96 is paper-like)")
+    p.add_argument("--channels", type=positive_int, help="DNA, cytoskeleton, cytoplasm, then extra stains (default 3)")
+    p.add_argument("--batches", type=positive_int, help="batches with their own gain and background (default 3)")
+    p.add_argument("--controls-per-batch", type=positive_int, help="DMSO cells per batch (default 100)")
+    p.add_argument("--cells-per-perturbation", type=positive_int, help="cells per perturbation and batch (default 40)")
     p.set_defaults(run=cmd_synth)
 
     p = sub.add_parser("extract", help="segment nuclei in a field image and write centred single-cell crops (plain format)")
@@ -321,12 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", action="store_true", help="the field shows control (e.g. DMSO) cells")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--prefix", help="crop file name prefix (default: the field's file name)")
-    p.add_argument("--crop-size", type=int, default=96, help="crop side in pixels, the model's image size (default 96)")
-    p.add_argument("--nucleus-channel", type=int, default=0, help="channel of the DNA stain (default 0)")
+    p.add_argument("--crop-size", type=positive_int, default=96, help="crop side in pixels, the model's image size (default 96)")
+    p.add_argument("--nucleus-channel", type=non_negative_int, default=0, help="channel of the DNA stain (default 0)")
     p.add_argument("--channel-axis", type=int, help="channel axis of a 3-D image (default: guessed)")
     p.add_argument("--labels", type=Path, help="nucleus label image (TIFF, same H x W) instead of segmenting")
     p.add_argument("--sigma", type=float, default=2.0, help="Gaussian blur before Otsu, px (default 2)")
-    p.add_argument("--min-area", type=int, default=100, help="smallest nucleus kept, px (default 100)")
+    p.add_argument("--min-area", type=positive_int, default=100, help="smallest nucleus kept, px (default 100)")
     p.add_argument("--no-split", action="store_true", help="do not split touching nuclei by watershed")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
@@ -354,13 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from napari_cellflux.errors import run_main
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"cellflux {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    return run_main(f"cellflux {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from napari_cellflux.errors import InputError
 from napari_cellflux.settings import DEVICES, PRECISIONS, TRAINING_PRECISIONS
 
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,9 +37,9 @@ def distributed_env(environ: dict | None = None) -> Distributed:
         rank = int(environ.get("RANK", "0"))
         local = int(environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
-        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
+        raise InputError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (as torchrun sets them)") from None
     if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} do not describe a process of a group")
+        raise InputError(f"RANK={rank} and WORLD_SIZE={world} do not describe a process of a group")
     return Distributed(rank, world, local)
 
 
@@ -60,15 +61,18 @@ def resolve_device(device: str | torch.device | None, dist: Distributed | None =
     if device is None or device == "auto":
         device = best_device()
     if isinstance(device, str) and device.split(":")[0] not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (or cuda:N)")
-    device = torch.device(device)
+        raise InputError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (or cuda:N)")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {str(device)!r}; use one of {', '.join(DEVICES)} (or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+            raise InputError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
         if dist is not None and dist.world_size > 1 and device.index is None:
             device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+        raise InputError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
     return device
 
 
@@ -97,11 +101,11 @@ def autocast_dtype(precision: str, device: torch.device, *, training: bool = Fal
     names = TRAINING_PRECISIONS if training else PRECISIONS
     if precision not in names:
         what = "optim.precision" if training else "precision"
-        raise ValueError(f"{what} must be one of {', '.join(names)}, got {precision!r}")
+        raise InputError(f"{what} must be one of {', '.join(names)}, got {precision!r}")
     cuda = device.type == "cuda"
     if training:
         if precision in ("bf16", "fp16") and not cuda:
-            raise ValueError(f"optim.precision={precision} needs a CUDA GPU; use auto or fp32 on {device.type}")
+            raise InputError(f"optim.precision={precision} needs a CUDA GPU; use auto or fp32 on {device.type}")
         if precision == "auto":
             return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
         return DTYPES[precision]

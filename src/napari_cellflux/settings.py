@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+from napari_cellflux.errors import InputError
+
 # ODE solvers: name -> network evaluations per step. "heun2" is the authors' name for Heun.
 EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
 SOLVER_NAMES = tuple(EVALUATIONS_PER_STEP)
@@ -35,7 +37,7 @@ KINDS = ("compound", "gene", "other")
 
 def _choice(what: str, value, names) -> None:
     if value not in names:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {sorted(names)}")
+        raise InputError(f"unknown {what} {value!r}; choose one of {sorted(names)}")
 
 
 def canonical_solver(name: str) -> str:
@@ -51,7 +53,7 @@ def check_steps(grid: str, steps) -> None:
     minimum = GRID_MIN_STEPS[grid]
     whole = isinstance(steps, (int, float)) and not isinstance(steps, bool) and math.isfinite(steps) and float(steps).is_integer()
     if not whole or steps < minimum:
-        raise ValueError(f"steps must be an integer >= {minimum} for the {grid} grid, got {steps!r}")
+        raise InputError(f"steps must be an integer >= {minimum} for the {grid} grid, got {steps!r}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class SamplingConfig:
         for name in ("guidance", "noise_level"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
+                raise InputError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
 
     @property
     def evaluations(self) -> int:
@@ -83,7 +85,7 @@ class SamplingConfig:
         The one home of "the model's defaults plus the user's options" (CLI, evaluation, benchmarks)."""
         unknown = sorted(set(changes) - set(asdict(self)))
         if unknown:
-            raise ValueError(f"unknown sampling settings {unknown}; valid: {sorted(asdict(self))}")
+            raise InputError(f"unknown sampling settings {unknown}; valid: {sorted(asdict(self))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict:
@@ -109,4 +111,4 @@ class SpeedOptions:
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
         if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
+            raise InputError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")

@@ -11,13 +11,15 @@ import math
 
 import numpy as np
 
+from napari_cellflux.errors import InputError
+
 GAP = 2  # px of background between tiles, so touching cells stay distinguishable
 
 
 def grid_shape(n: int) -> tuple[int, int]:
     """(rows, cols) of the most square grid holding ``n`` cells, wider than tall when not square."""
     if n < 1:
-        raise ValueError(f"need at least one cell to lay out, got {n}")
+        raise InputError(f"need at least one cell to lay out, got {n}")
     cols = math.ceil(math.sqrt(n))
     return math.ceil(n / cols), cols
 
@@ -29,7 +31,7 @@ def tile(cells: np.ndarray, gap: int = GAP) -> np.ndarray:
     """
     cells = np.asarray(cells)
     if cells.ndim < 3:
-        raise ValueError(f"cells must be (..., N, H, W), got shape {cells.shape}")
+        raise InputError(f"cells must be (..., N, H, W), got shape {cells.shape}")
     *lead, n, h, w = cells.shape
     rows, cols = grid_shape(n)
     grid = np.zeros((*lead, rows * (h + gap) - gap, cols * (w + gap) - gap), dtype=cells.dtype)
@@ -46,5 +48,5 @@ def channel_grids(cells: np.ndarray, gap: int = GAP) -> list[np.ndarray]:
     """
     cells = np.asarray(cells)
     if cells.ndim < 4:
-        raise ValueError(f"cells must be (..., N, C, H, W), got shape {cells.shape}")
+        raise InputError(f"cells must be (..., N, C, H, W), got shape {cells.shape}")
     return [tile(cells[..., c, :, :], gap) for c in range(cells.shape[-3])]

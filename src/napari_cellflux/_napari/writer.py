@@ -3,6 +3,8 @@ Fiji hyperstack. The generated layers carry their run in ``layer.metadata[LAYER_
 
 from __future__ import annotations
 
+from napari_cellflux.errors import InputError
+
 LAYER_KEY = "cellflux_result"
 
 
@@ -14,11 +16,11 @@ def write_trajectory(path: str, layer_data: list[tuple]) -> list[str]:
         if result is not None:
             results[id(result)] = result
     if not results:
-        raise ValueError(
+        raise InputError(
             "none of the layers to save holds a CellFlux result; select the generated layers "
             "(named '<perturbation> [<channel>]') and save again"
         )
     if len(results) > 1:
-        raise ValueError("the selected layers come from different CellFlux runs; save the layers of one run at a time")
+        raise InputError("the selected layers come from different CellFlux runs; save the layers of one run at a time")
     (result,) = results.values()
     return [str(result.write_tiff(path))]

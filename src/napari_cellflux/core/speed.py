@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from napari_cellflux.errors import InputError
 from napari_cellflux.settings import COMPILE_MODES
 
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -30,7 +31,7 @@ def compile_mode(compile: bool | str, device: torch.device) -> str | None:
     if compile is True:
         return "reduce-overhead" if device.type == "cuda" else "default"
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
+        raise InputError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {compile!r}")
     return compile
 
 

@@ -16,6 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cellflux.errors import InputError
+
+MAX_PARAMETERS = 2_000_000_000  # 36x the largest published model (56 M)
+_INT_LIMITS = (  # (field, lowest, highest): far beyond every published and demo config
+    ("in_channels", 1, 64), ("out_channels", 1, 64), ("model_channels", 1, 2048), ("num_res_blocks", 1, 32),
+    ("num_heads", 1, 128), ("num_head_channels", -1, 4096), ("condition_dim", 1, 1_000_000), ("norm_groups", 1, 1024),
+)
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -38,18 +46,44 @@ class UNetConfig:
     norm_groups: int = 32
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(
-            self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions)
-        )
+        try:
+            object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+            object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        except (TypeError, ValueError):
+            raise InputError("UNetConfig: channel_mult and attention_resolutions must be lists of integers") from None
+        self._check_sizes()
         for width in self.widths:
             if width % self.norm_groups:
-                raise ValueError(
+                raise InputError(
                     f"UNetConfig: every level width model_channels x channel_mult must be a "
                     f"multiple of norm_groups={self.norm_groups} (GroupNorm groups); got {width} from "
                     f"model_channels={self.model_channels}, channel_mult={self.channel_mult}; "
                     "change model_channels or lower norm_groups"
                 )
+
+    def _check_sizes(self) -> None:
+        # A config can come from an untrusted file: refuse absurd sizes before anything is built
+        # (20,000 residual blocks would take minutes and gigabytes just to construct).
+        for name, low, high in _INT_LIMITS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InputError(f"UNetConfig: {name} must be an integer in [{low}, {high}], got {value!r}")
+        if not 1 <= len(self.channel_mult) <= 8 or not all(1 <= m <= 16 for m in self.channel_mult):
+            raise InputError(f"UNetConfig: channel_mult must hold 1 to 8 factors in [1, 16], got {self.channel_mult}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"UNetConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.estimated_parameters > MAX_PARAMETERS:
+            raise InputError(
+                f"UNetConfig: about {self.estimated_parameters / 1e9:.1f} billion parameters "
+                f"(model_channels={self.model_channels}, channel_mult={self.channel_mult}, "
+                f"num_res_blocks={self.num_res_blocks}) is beyond any CellFlux model; the config is wrong"
+            )
+
+    @property
+    def estimated_parameters(self) -> int:
+        """Roughly the parameter count, from the 3 x 3 convolutions of the residual blocks (they
+        dominate: ~2 per block, ~3 blocks per level and depth counting both UNet halves)."""
+        return 18 * (3 * self.num_res_blocks + 2) * sum(w * w for w in self.widths)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -90,12 +124,12 @@ class UNetConfig:
                 kwargs[key] = value
             elif key in neutral:
                 if value != neutral[key]:
-                    raise ValueError(
+                    raise InputError(
                         f"unet config: {key}={value!r} is not supported by this UNet "
                         f"(CellFlux uses {key}={neutral[key]!r})"
                     )
             else:
-                raise ValueError(f"unet config: unknown key {key!r}; known keys: {sorted(known)}")
+                raise InputError(f"unet config: unknown key {key!r}; known keys: {sorted(known)}")
         return cls(**kwargs)
 
 
@@ -109,7 +143,7 @@ PRESETS: dict[str, UNetConfig] = {
 def preset(name: str, **overrides) -> UNetConfig:
     """The published architecture for ``name`` (bbbc021, rxrx1, cpg0000), optionally changed."""
     if name not in PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise InputError(f"unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
 
 
@@ -164,7 +198,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.num_heads = cfg.heads_for(channels)
         if channels % self.num_heads:
-            raise ValueError(f"attention: {channels} channels do not split into {self.num_heads} heads")
+            raise InputError(f"attention: {channels} channels do not split into {self.num_heads} heads")
         self.new_order = cfg.use_new_attention_order
         self.norm = group_norm(channels, cfg)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
 from napari_cellflux.data.cells import CellTable, check_split_name, make_cell_table
+from napari_cellflux.errors import InputError
 
 CSV_NAME = "cells.csv"
 REQUIRED = ("file", "perturbation", "batch", "is_control", "split")
@@ -64,6 +65,28 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
     return make_cell_table(frame, source, check_files=check_files, channels=channels)
 
 
+def check_prefix(prefix: str) -> str:
+    """A crop-name prefix is a plain name: it must not lead outside the output folder."""
+    if not prefix or Path(prefix).name != prefix or prefix in (".", "..") or "\\" in prefix:
+        raise InputError(f"--prefix {prefix!r}: give a plain name without folders (e.g. plate1_A01), "
+                         "so every crop lands in the output folder")
+    return prefix
+
+
+def _previous_table(csv_path: Path) -> pd.DataFrame | None:
+    if not csv_path.is_file():
+        return None
+    try:
+        previous = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{csv_path}: not a readable CSV ({' '.join(str(err).split())}); repair or remove it, "
+                         "or write to another folder") from None
+    if "file" not in previous.columns:
+        raise InputError(f"{csv_path}: has no 'file' column, so it is not a plain-format table; "
+                         "repair or remove it, or write to another folder")
+    return previous
+
+
 def write_plain(
     out_dir: str | Path,
     crops: np.ndarray,
@@ -94,7 +117,10 @@ def write_plain(
         )
     n = len(crops)
     if n == 0:
-        raise ValueError("no crops to write")
+        raise InputError("no crops to write")
+    check_prefix(prefix)
+    csv_path = out_dir / CSV_NAME
+    previous = _previous_table(csv_path)  # read before any crop is written: a damaged table leaves no orphans
     files = [f"{prefix}_{i:05d}.tif" for i in range(n)]
     columns = {
         "file": files,
@@ -110,12 +136,10 @@ def write_plain(
     for name, crop in zip(files, crops):
         buffer = io.BytesIO()
         tifffile.imwrite(buffer, crop, photometric="minisblack", metadata={"axes": "CYX"})
-        atomic_write_bytes(out_dir / name, buffer.getvalue())
+        atomic_write_bytes(out_dir / name, buffer.getvalue(), durable=False)  # indexed by the CSV below
     table = pd.DataFrame(columns)
-    csv_path = out_dir / CSV_NAME
     stale: list[str] = []
-    if csv_path.is_file():
-        previous = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    if previous is not None:
         same_prefix = previous["file"].str.fullmatch(re.escape(prefix) + r"_\d{5}\.tif")
         stale = sorted(set(previous.loc[same_prefix, "file"]) - set(files))
         table = pd.concat([previous[~same_prefix], table.astype(str)], ignore_index=True)

@@ -6,10 +6,9 @@ model (32-px cells, 3 channels), so they work with it out of the box. No Qt, no 
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel, default_channels
 
 DEMO_IMAGE_SIZE = 32
@@ -26,28 +25,26 @@ def synthetic_channels(count: int = DEMO_CHANNELS) -> tuple[Channel, ...]:
 def synthetic_controls(n: int = 16, image_size: int = DEMO_IMAGE_SIZE, channels: int = DEMO_CHANNELS, seed: int = 0) -> np.ndarray:
     """``n`` DMSO control cells of one synthetic batch as (N, C, S, S) uint8.
 
-    They come from :func:`make_synthetic_screen` itself (written to a temporary folder and read
-    back), so they carry exactly the screen's cell drawing, batch artefacts and pixel noise.
+    Drawn in memory by the synthetic screen's own planning and drawing, so they carry exactly the
+    cells, batch artefacts and pixel noise that ``cellflux synth`` would write for this config.
     """
-    from napari_cellflux.data.cells import load_cell
-    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, draw_screen, plan_screen
 
-    if n < 2:
-        raise ValueError(f"ask for at least 2 synthetic control cells, got {n}")
-    config = SyntheticScreenConfig(
-        image_size=image_size, channels=channels, batches=1, controls_per_batch=n,
+    if n < 1:
+        raise InputError(f"ask for at least 1 synthetic control cell, got {n}")
+    config = SyntheticScreenConfig(  # a screen needs 2 cells (one per split): draw 2, keep 1
+        image_size=image_size, channels=channels, batches=1, controls_per_batch=max(n, 2),
         perturbations=(), held_out=(), test_fraction=0.0, seed=seed,
     )
-    with tempfile.TemporaryDirectory(prefix="cellflux-sample-") as folder:
-        make_synthetic_screen(folder, config)
-        cells = read_synthetic_screen(folder).table.cells
-        return np.stack([load_cell(path) for path in cells.loc[cells["is_control"], "path"]])
+    rng = np.random.default_rng(config.seed)
+    plan = plan_screen(config, rng)
+    return np.concatenate([pixels for _, pixels in draw_screen(plan, config, rng)])[:n]
 
 
 def synthetic_field(seed: int = 0):
     """A 256 x 256 synthetic DMSO field of about 24 cells at the demo's scale, with its true
-    nucleus labels (:class:`napari_cellflux.data.synthetic.SyntheticField`)."""
-    from napari_cellflux.data.synthetic import make_synthetic_field
+    nucleus labels (:class:`napari_cellflux.data.synthetic_field.SyntheticField`)."""
+    from napari_cellflux.data.synthetic_field import make_synthetic_field
 
     return make_synthetic_field(
         (256, 256), n_cells=24, channels=DEMO_CHANNELS, cell_size=DEMO_IMAGE_SIZE, seed=seed

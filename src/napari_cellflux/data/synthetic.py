@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,8 +21,9 @@ from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
 from napari_cellflux.data.cells import CellTable
 from napari_cellflux.data.drawing import CellParameters, draw_cells
 from napari_cellflux.data.impa import bbbc021_key_path, read_impa
-from napari_cellflux.models.fingerprints import compound_vocabulary
-from napari_cellflux.models.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from napari_cellflux.models.vocabulary import Vocabulary
 
 CONTROL_NAME = "DMSO"
 CONTROL_SMILES = "CS(C)=O"
@@ -181,6 +184,53 @@ def sample_cell_parameters(
     )
 
 
+@dataclass(frozen=True)
+class ScreenPlan:
+    """Every cell of a synthetic screen before drawing: per cell its key, batch, split and drawn
+    parameters, and per batch its artefacts (gains, offsets: (batches, C))."""
+
+    keys: list[str]
+    effects: list[SyntheticPerturbation | None]
+    batch_of: np.ndarray
+    splits: list[str]
+    params: CellParameters
+    gains: np.ndarray
+    offsets: np.ndarray
+
+
+def plan_screen(config: SyntheticScreenConfig, rng: np.random.Generator) -> ScreenPlan:
+    """Draw the screen's layout and every cell's parameters from ``rng`` (the first draws of a screen)."""
+    gains = rng.uniform(*config.gain_range, (config.batches, config.channels))
+    offsets = rng.uniform(*config.offset_range, (config.batches, config.channels))
+    groups = [None, *config.perturbations]  # None: the DMSO controls
+    rows = []
+    for b in range(config.batches):
+        for well, effect in enumerate(groups):
+            count = config.controls_per_batch if effect is None else config.cells_per_perturbation
+            test = rng.permutation(count) < round(count * config.test_fraction)
+            held = effect is not None and effect.name in config.held_out
+            for i in range(count):
+                rows.append((b, effect, _well_name(well), "test" if held or test[i] else "train", i))
+    effects = [r[1] for r in rows]
+    params = sample_cell_parameters(rng, effects, config.image_size, config.channels, config.morphology)
+    return ScreenPlan(
+        keys=[f"Week{b + 1}_{well}_{i:04d}" for b, _, well, _, i in rows], effects=effects,
+        batch_of=np.array([r[0] for r in rows]), splits=[r[3] for r in rows], params=params, gains=gains, offsets=offsets,
+    )
+
+
+def draw_screen(plan: ScreenPlan, config: SyntheticScreenConfig, rng: np.random.Generator) -> Iterator[tuple[slice, np.ndarray]]:
+    """The planned cells as uint8 pixels (n, C, H, W), ``DRAW_CHUNK`` cells at a time with the
+    rows of the plan they are, so memory stays bounded for large screens."""
+    for start in range(0, len(plan.keys), DRAW_CHUNK):
+        chunk = slice(start, start + DRAW_CHUNK)
+        signal, _ = draw_cells(plan.params.take(chunk), config.image_size, rng)
+        noise = rng.normal(0.0, config.noise_sigma, signal.shape)
+        gain = plan.gains[plan.batch_of[chunk]][:, :, None, None]
+        offset = plan.offsets[plan.batch_of[chunk]][:, :, None, None]
+        yield chunk, np.round(np.clip(offset + gain * signal + noise, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
 def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = SyntheticScreenConfig()) -> Path:
     """Write a synthetic screen into the new or empty folder ``out_dir``; returns ``out_dir``.
 
@@ -193,36 +243,17 @@ def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = S
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; write a synthetic screen into a new or empty folder")
     rng = np.random.default_rng(config.seed)
-    size, channels = config.image_size, config.channels
-    gains = rng.uniform(*config.gain_range, (config.batches, channels))
-    offsets = rng.uniform(*config.offset_range, (config.batches, channels))
-    groups = [None, *config.perturbations]  # None: the DMSO controls
-    rows = []
-    for b in range(config.batches):
-        for well, effect in enumerate(groups):
-            count = config.controls_per_batch if effect is None else config.cells_per_perturbation
-            test = rng.permutation(count) < round(count * config.test_fraction)
-            held = effect is not None and effect.name in config.held_out
-            for i in range(count):
-                rows.append((b, effect, _well_name(well), "test" if held or test[i] else "train", i))
-    effects = [r[1] for r in rows]
-    batch_of = np.array([r[0] for r in rows])
-    keys = [f"Week{b + 1}_{well}_{i:04d}" for b, _, well, _, i in rows]
-    params = sample_cell_parameters(rng, effects, size, channels, config.morphology)
-    for start in range(0, len(rows), DRAW_CHUNK):
-        chunk = slice(start, start + DRAW_CHUNK)
-        signal, _ = draw_cells(params.take(chunk), size, rng)
-        noise = rng.normal(0.0, config.noise_sigma, signal.shape)
-        gain, offset = gains[batch_of[chunk]][:, :, None, None], offsets[batch_of[chunk]][:, :, None, None]
-        pixels = np.round(np.clip(offset + gain * signal + noise, 0.0, 1.0) * 255.0).astype(np.uint8)
-        for key, cell in zip(keys[chunk], pixels):
+    plan = plan_screen(config, rng)
+    for chunk, pixels in draw_screen(plan, config, rng):
+        for key, cell in zip(plan.keys[chunk], pixels):
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(np.moveaxis(cell, 0, -1)))
-            atomic_write_bytes(out / bbbc021_key_path(key), buffer.getvalue())
+            atomic_write_bytes(out / bbbc021_key_path(key), buffer.getvalue(), durable=False)  # metadata.csv indexes them
+    effects, batch_of = plan.effects, plan.batch_of
     metadata = pd.DataFrame(
         {
-            "SAMPLE_KEY": keys,
-            "SPLIT": [r[3] for r in rows],
+            "SAMPLE_KEY": plan.keys,
+            "SPLIT": plan.splits,
             "STATE": [0 if e is None else 1 for e in effects],
             "ANNOT": [CONTROL_NAME if e is None else e.moa for e in effects],
             "CPD_NAME": [CONTROL_NAME if e is None else e.name for e in effects],
@@ -232,18 +263,20 @@ def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = S
         }
     )
     atomic_write_text(out / "metadata.csv", metadata.to_csv())
+    from napari_cellflux.models.fingerprints import compound_vocabulary  # torch: not needed to draw cells
+
     vocabulary = compound_vocabulary({p.name: p.smiles for p in config.perturbations}, control=CONTROL_NAME)
     embedding = pd.DataFrame(vocabulary.embeddings.numpy(), index=pd.Index(vocabulary.names, name="compound"))
     atomic_write_text(out / "emb_fp.csv", embedding.to_csv(float_format="%g"))
-    truth = _ground_truth(metadata, params, gains[batch_of], offsets[batch_of], channels)
+    truth = _ground_truth(metadata, plan.params, plan.gains[batch_of], plan.offsets[batch_of], config.channels)
     atomic_write_text(out / "ground_truth.csv", truth.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "screen.json", json.dumps(_describe(config, gains, offsets), indent=2, sort_keys=True))
+    atomic_write_text(out / "screen.json", json.dumps(_describe(config, plan.gains, plan.offsets), indent=2, sort_keys=True))
     return out
 
 
 def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
     """Read a folder written by :func:`make_synthetic_screen` (table, compound vocabulary, held-out names)."""
-    from napari_cellflux.models.vocabulary import read_embedding_csv
+    from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
     root = Path(path)
     info_path = root / "screen.json"
@@ -260,84 +293,6 @@ def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
         control=CONTROL_NAME,
     )
     return SyntheticScreen(table=table, vocabulary=vocabulary, held_out=tuple(info["config"]["held_out"]), info=info)
-
-
-@dataclass(frozen=True)
-class SyntheticField:
-    """A whole drawn field of view.
-
-    image: (C, H, W) uint16 with ``bit_depth`` significant bits (like a camera's raw frame).
-    labels: (H, W) int32 nucleus labels (0 background, 1..N). centroids: (N, 2) true nucleus
-    centres (row, col) in px, row i for label i + 1. perturbation: what the cells were drawn under.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    centroids: np.ndarray
-    perturbation: str
-    channel_names: tuple[str, ...]
-
-
-def make_synthetic_field(
-    shape: tuple[int, int] = (512, 512),
-    n_cells: int = 30,
-    *,
-    channels: int = 3,
-    perturbation: str | None = None,
-    cell_size: int = 96,
-    perturbations: tuple[SyntheticPerturbation, ...] = DEFAULT_PERTURBATIONS,
-    morphology: Morphology = Morphology(),
-    bit_depth: int = 12,
-    seed: int = 0,
-) -> SyntheticField:
-    """Scatter up to ``n_cells`` drawn cells (drawn at crop side ``cell_size``) over a field.
-
-    Nuclei are kept apart (centres >= 2.4 nominal radii) but may touch; cells near the edge are
-    cut off as in a real field. ``perturbation`` names one of ``perturbations`` (None: DMSO).
-    Fewer cells are placed when the field is too small for ``n_cells``.
-    """
-    rng = np.random.default_rng(seed)
-    effect = None
-    if perturbation is not None and perturbation.lower() != CONTROL_NAME.lower():
-        by_name = {p.name.lower(): p for p in perturbations}
-        if perturbation.lower() not in by_name:
-            raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {sorted(by_name)} or None (DMSO)")
-        effect = by_name[perturbation.lower()]
-    height, width = shape
-    radius = morphology.nuclear_radius * cell_size
-    centres = _scatter(rng, n_cells, height, width, margin=radius, spacing=2.4 * radius)
-    params = sample_cell_parameters(rng, [effect] * len(centres), cell_size, channels, morphology)
-    signal, nuclei = draw_cells(params, cell_size, rng)
-    canvas = np.zeros((channels, height, width), dtype=np.float32)
-    labels = np.zeros((height, width), dtype=np.int32)
-    half = cell_size // 2
-    corners = np.round(centres).astype(int) - half
-    for i, (top, left) in enumerate(corners):
-        # Overlapping cells: the brighter one shows, as in a widefield image.
-        rows = slice(max(top, 0), min(top + cell_size, height))
-        cols = slice(max(left, 0), min(left + cell_size, width))
-        patch = (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
-        np.maximum(canvas[:, rows, cols], signal[i][:, patch[0], patch[1]], out=canvas[:, rows, cols])
-        free = labels[rows, cols] == 0
-        labels[rows, cols][free & nuclei[i][patch]] = i + 1
-    observed = 0.03 + canvas + rng.normal(0.0, 0.01, canvas.shape)
-    full_scale = 2**bit_depth - 1
-    image = np.round(np.clip(observed, 0.0, 1.0) * full_scale).astype(np.uint16)
-    true_centres = corners + (cell_size - 1) / 2.0 + params.centre
-    name = CONTROL_NAME if effect is None else effect.name
-    return SyntheticField(image, labels, true_centres, name, channel_names(channels))
-
-
-def _scatter(rng: np.random.Generator, n: int, height: int, width: int, margin: float, spacing: float) -> np.ndarray:
-    """Up to n points (row, col) inside the margins, pairwise at least ``spacing`` apart."""
-    points: list[np.ndarray] = []
-    for _ in range(50 * n):
-        if len(points) == n:
-            break
-        candidate = rng.uniform((margin, margin), (height - margin, width - margin))
-        if not points or np.min(np.linalg.norm(np.array(points) - candidate, axis=1)) >= spacing:
-            points.append(candidate)
-    return np.array(points).reshape(-1, 2)
 
 
 def _well_name(index: int) -> str:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_cellflux.errors import InputError
 from napari_cellflux.generation.crop_files import read_crops, to_nchw
 from napari_cellflux.models.channels import describe
 
 if TYPE_CHECKING:
-    from napari_cellflux.models.model_file import CellFluxModel
-
     from napari_cellflux.data.extract import ExtractionConfig
+    from napari_cellflux.models.model_file import CellFluxModel
 
 # The extraction defaults are tuned for the published 96 x 96 crops (FACTS); lengths scale with
 # the crop side because a model trained on S-px crops expects cells imaged at that scale.
@@ -29,22 +29,33 @@ REFERENCE_CROP_SIZE = 96
 
 
 def check_crops(pixels: np.ndarray, model: "CellFluxModel", source: str) -> np.ndarray:
-    """``pixels`` (N, C, H, W) if they fit ``model``; else a ValueError naming ``source`` and the fix."""
+    """``pixels`` (N, C, H, W) if they fit ``model``; else an InputError naming ``source`` and the fix."""
     n, c, h, w = pixels.shape
+    if n == 0:
+        raise InputError(f"{source}: holds no cells; give at least one crop")
     if c != model.config.in_channels:
-        raise ValueError(
+        raise InputError(
             f"{source}: {c} channel(s), but the model takes {describe(model.channels)}; choose one layer with "
             f"a channel axis, or {model.config.in_channels} single-channel layers in that order"
         )
     if (h, w) != (model.image_size, model.image_size):
-        raise ValueError(
+        raise InputError(
             f"{source}: cells are {h} x {w} px, but the model takes {model.image_size} x {model.image_size} crops; "
             "crop or resize the cells, or give the whole field so cells are cut out at the model's size"
         )
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise InputError(f"{source}: pixel values contain NaN or inf; remove or repair those cells")
     top = model.normalization.max_value
     low, high = float(pixels.min()), float(pixels.max())
+    if pixels.dtype.kind == "f" and 0.0 <= low and high <= 1.0 < top:
+        # Float images scaled to 0..1 (skimage's convention) would pass the range check below and
+        # come out nearly black: the model reads them as 0..1 of 0..255.
+        raise InputError(
+            f"{source}: pixel values are floats in 0..1, but the model takes stored pixels in 0..{top:g}; "
+            f"multiply them by {top:g} (or save them as uint8)"
+        )
     if low < 0 or high > top:
-        raise ValueError(
+        raise InputError(
             f"{source}: pixel values range from {low:g} to {high:g}, but the model takes stored pixels in "
             f"0..{top:g} (8-bit crops); rescale them, or give the whole field (its intensities are scaled)"
         )
@@ -55,12 +66,12 @@ def stack_channels(arrays: Sequence[np.ndarray], source: str) -> np.ndarray:
     """One array as is, or several single-channel arrays of one shape stacked on a channel axis
     (axis -3: (H, W) planes -> (C, H, W); (N, H, W) stacks -> (N, C, H, W))."""
     if not arrays:
-        raise ValueError(f"{source}: nothing selected; pick the image layer(s) holding the cells")
+        raise InputError(f"{source}: nothing selected; pick the image layer(s) holding the cells")
     if len(arrays) == 1:
         return np.asarray(arrays[0])
     shapes = {np.shape(a) for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(
+        raise InputError(
             f"{source}: the selected single-channel layers differ in shape ({', '.join(map(str, sorted(shapes)))}); "
             "select the channels of one image"
         )
@@ -106,5 +117,5 @@ def crops_from_field(
     try:
         cells = extract_cells(image, extraction_config(model.image_size), labels=labels)
     except ValueError as err:  # its messages name the array "image"; say which input it was
-        raise ValueError(f"{source}: {err}") from None
+        raise InputError(f"{source}: {err}") from None
     return check_crops(cells.crops, model, source)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cellflux.errors import InputError
+
 CROP_SUFFIXES = (".npy", ".tif", ".tiff")
 
 
@@ -20,15 +22,31 @@ def to_nchw(array: np.ndarray, channels: int, source: str = "crops") -> np.ndarr
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4:
-        raise ValueError(f"{source}: expected (N, C, H, W) or (N, H, W, C) cells, got shape {a.shape}")
+        raise InputError(f"{source}: expected (N, C, H, W) or (N, H, W, C) cells, got shape {a.shape}")
     if a.shape[1] == channels:
         return a
     if a.shape[-1] == channels:
         return np.moveaxis(a, -1, 1)
-    raise ValueError(
+    raise InputError(
         f"{source}: shape {a.shape} has no axis of {channels} channels; the model takes {channels} channels "
         "(axis 1 for N, C, H, W or last for N, H, W, C)"
     )
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """A plain numeric .npy array; pickled objects are never loaded (they could run code)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InputError(f"{path}: holds Python objects, not a numeric array; save the crops as a plain "
+                             "uint8 array (numpy.save of an (N, C, H, W) array)") from None
+        raise InputError(f"{path}: not a readable .npy array ({err}); it may be truncated: save it again") from None
+    except (OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy file ({err}); save it again") from None
+    if array.dtype.kind not in "uif":
+        raise InputError(f"{path}: holds {array.dtype} values, not pixel numbers; save a numeric array")
+    return array
 
 
 def read_crops(path: str | Path, channels: int) -> np.ndarray:
@@ -40,15 +58,23 @@ def read_crops(path: str | Path, channels: int) -> np.ndarray:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in CROP_SUFFIXES)
         if not files:
-            raise ValueError(f"folder {path} holds no {'/'.join(CROP_SUFFIXES)} crops")
-        return np.concatenate([read_crops(f, channels) for f in files])
+            raise InputError(f"folder {path} holds no {'/'.join(CROP_SUFFIXES)} crops")
+        stacks = [read_crops(f, channels) for f in files]
+        sizes = {f"{s.shape[-2]} x {s.shape[-1]}": f.name for f, s in zip(files, stacks)}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{size} px in {name}" for size, name in sizes.items())
+            raise InputError(f"folder {path}: crops of different sizes ({listed}); keep crops of one size per folder")
+        return np.concatenate(stacks)
     if not path.is_file():
         raise FileNotFoundError(f"crops file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        array = load_npy(path)
     elif suffix in (".tif", ".tiff"):
-        array = tifffile.imread(path)
+        try:
+            array = tifffile.imread(path)
+        except Exception as err:  # tifffile raises many types for a damaged file
+            raise InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again") from None
     else:
-        raise ValueError(f"{path}: unsupported crop file type {suffix!r}; use .npy or .tif")
+        raise InputError(f"{path}: unsupported crop file type {suffix!r}; use .npy or .tif")
     return to_nchw(array, channels, source=str(path))

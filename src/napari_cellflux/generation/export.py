@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_cellflux.atomic import atomic_write
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel
 from napari_cellflux.models.normalization import Normalization
 
@@ -31,10 +32,10 @@ def write_trajectory_tiff(
 
     states = torch.as_tensor(states)
     if states.dim() != 5:
-        raise ValueError(f"states must be (T, N, C, H, W), got shape {tuple(states.shape)}")
+        raise InputError(f"states must be (T, N, C, H, W), got shape {tuple(states.shape)}")
     t, n, c = states.shape[:3]
     if c != len(channels):
-        raise ValueError(f"states have {c} channels but {len(channels)} channel names were given")
+        raise InputError(f"states have {c} channels but {len(channels)} channel names were given")
     pixels = normalization.to_pixels(states)
     info = json.dumps({**metadata, "times": [float(x) for x in np.asarray(times)], "channels": [ch.name for ch in channels]})
     labels = [f"t={float(times[i]):.3f} cell {j} {ch.name}" for i in range(t) for j in range(n) for ch in channels]

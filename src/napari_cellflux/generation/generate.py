@@ -14,6 +14,7 @@ from napari_cellflux import __version__
 from napari_cellflux.core.flow import network_velocity, x_init
 from napari_cellflux.core.solvers import integrate, solver, time_grid
 from napari_cellflux.core.speed import compile_mode, fast_network, set_memory_format
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import describe
 from napari_cellflux.models.fingerprints import morgan_count_fingerprint
 from napari_cellflux.models.model_file import CellFluxModel
@@ -48,7 +49,7 @@ class Trajectory:
     def index_at(self, t: float) -> int:
         """Index of the grid state nearest to time ``t`` in [0, 1]."""
         if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must lie in [0, 1], got {t}")
+            raise InputError(f"t must lie in [0, 1], got {t}")
         return int(torch.argmin((self.times - t).abs()))
 
     def at(self, t: float) -> torch.Tensor:
@@ -66,22 +67,22 @@ def condition_vector(model: CellFluxModel, perturbation: str | None = None, *, s
     with a description for the metadata; all None -> unconditional (None)."""
     given = [v is not None for v in (perturbation, smiles, embedding)]
     if sum(given) > 1:
-        raise ValueError("give only one of perturbation, smiles and embedding")
+        raise InputError("give only one of perturbation, smiles and embedding")
     vocab = model.vocabulary
     if perturbation is not None:
         name = vocab.names[vocab.index(perturbation)]
         return vocab.embedding(name), {"perturbation": name, "condition": "vocabulary"}
     if smiles is not None:
         if vocab.kind != "compound":
-            raise ValueError(f"this model is conditioned on {vocab.kind} embeddings, not compound fingerprints; a SMILES cannot be used")
+            raise InputError(f"this model is conditioned on {vocab.kind} embeddings, not compound fingerprints; a SMILES cannot be used")
         vector = torch.as_tensor(morgan_count_fingerprint(smiles, n_bits=model.config.condition_dim))
         return vector, {"perturbation": smiles, "condition": "smiles", "smiles": smiles}
     if embedding is not None:
         vector = torch.as_tensor(np.asarray(embedding), dtype=torch.float32).reshape(-1)
         if vector.numel() != model.config.condition_dim:
-            raise ValueError(f"embedding has {vector.numel()} values; the model expects condition_dim = {model.config.condition_dim}")
+            raise InputError(f"embedding has {vector.numel()} values; the model expects condition_dim = {model.config.condition_dim}")
         if not torch.isfinite(vector).all():
-            raise ValueError("embedding contains NaN or inf")
+            raise InputError("embedding contains NaN or inf")
         return vector, {"perturbation": None, "condition": "embedding", "embedding": vector.tolist()}
     return None, {"perturbation": None, "condition": "none"}
 
@@ -92,19 +93,19 @@ def check_controls(model: CellFluxModel, controls: torch.Tensor | np.ndarray) ->
     if x.dim() == 3:
         x = x[None]
     if x.dim() != 4:
-        raise ValueError(f"controls must be (N, C, H, W) cells, got shape {tuple(x.shape)}")
+        raise InputError(f"controls must be (N, C, H, W) cells, got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     if n == 0:
-        raise ValueError("controls hold no cells")
+        raise InputError("controls hold no cells")
     if c != model.config.in_channels:
-        raise ValueError(f"expected {describe(model.channels)}, got {c}; controls must be (N, C, H, W) with C = {model.config.in_channels}")
+        raise InputError(f"expected {describe(model.channels)}, got {c}; controls must be (N, C, H, W) with C = {model.config.in_channels}")
     if (h, w) != (model.image_size, model.image_size):
-        raise ValueError(f"expected {model.image_size} x {model.image_size} crops (the model's image size), got {h} x {w}; crop or resize the cells")
+        raise InputError(f"expected {model.image_size} x {model.image_size} crops (the model's image size), got {h} x {w}; crop or resize the cells")
     x = x.float()
     if not torch.isfinite(x).all():
-        raise ValueError("controls contain NaN or inf values; remove or repair those cells")
+        raise InputError("controls contain NaN or inf values; remove or repair those cells")
     if x.min() < -1.5 or x.max() > 1.5:
-        raise ValueError(
+        raise InputError(
             f"controls range from {float(x.min()):.3g} to {float(x.max()):.3g} but the model works in [-1, 1]; "
             "convert stored pixels with model.normalization.to_model(pixels)"
         )
@@ -143,7 +144,7 @@ def generate(
     if cond is None and sampling.guidance:
         sampling = replace(sampling, guidance=0.0)  # guidance needs a condition to push away from
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model.device
     dtype = autocast_dtype(speed.precision, device)
     channels_last = device.type == "cuda" if speed.channels_last is None else bool(speed.channels_last)

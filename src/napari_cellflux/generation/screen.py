@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_cellflux.atomic import atomic_write, atomic_write_text
+from napari_cellflux.errors import InputError
 from napari_cellflux.generation.controls import check_crops
 from napari_cellflux.generation.generate import GenerationCancelled, condition_vector, generate
 from napari_cellflux.runtime import autocast_dtype, distributed_env, dtype_name
@@ -158,18 +159,18 @@ def check_or_write_manifest(out: Path, manifest: dict) -> None:
     same screen (else a ValueError names the differences: use another --out, or the old settings)."""
     path = out / MANIFEST
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_manifest(path)
         a, b = _identity(old), _identity(json.loads(json.dumps(manifest)))
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if differ:
             details = "; ".join(f"{k}: on disk {_short(a.get(k))}, now {_short(b.get(k))}" for k in differ[:6])
-            raise ValueError(
+            raise InputError(
                 f"{out} holds a different virtual screen ({details}). Resume it with its original settings, "
                 "or write this screen to another --out folder"
             )
         return
     if out.exists() and any(p.name.startswith("chunk_") for p in out.iterdir()):
-        raise ValueError(f"{out} holds chunk files but no {MANIFEST}; it is not a screen this program can resume. "
+        raise InputError(f"{out} holds chunk files but no {MANIFEST}; it is not a screen this program can resume. "
                          "Use an empty --out folder")
     atomic_write_text(path, json.dumps(manifest, indent=2))
 
@@ -229,19 +230,19 @@ def run_screen(
     chunks, skipped ones included. Sampling and speed options are :func:`napari_cellflux.api.generate`'s.
     """
     if int(n_cells) != n_cells or n_cells < 1:
-        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+        raise InputError(f"n_cells must be a positive integer, got {n_cells!r}")
     if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if max_chunks is not None and max_chunks < 0:
-        raise ValueError(f"max_chunks must be >= 0, got {max_chunks}")
+        raise InputError(f"max_chunks must be >= 0, got {max_chunks}")
     env = distributed_env()
     rank = env.rank if rank is None else rank
     world_size = env.world_size if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} does not exist in a group of {world_size}")
+        raise InputError(f"rank {rank} does not exist in a group of {world_size}")
     controls = np.asarray(controls)
     if controls.ndim != 4 or len(controls) == 0:
-        raise ValueError(f"the control pool must be (N, C, H, W) crops, got shape {controls.shape}")
+        raise InputError(f"the control pool must be (N, C, H, W) crops, got shape {controls.shape}")
     check_crops(controls, model, "control pool")
     sampling = sampling or model.sampling
     _, condition = condition_vector(model, perturbation, smiles=smiles)
@@ -344,12 +345,22 @@ class Screen:
             yield index, self.chunk(index)
 
 
+def read_manifest(path: Path) -> dict:
+    """The JSON object in a screen's ``manifest.json``; anything else is an InputError naming it."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err}); the screen folder is damaged: write the screen to a new --out") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{path}: not a napari-cellflux screen manifest; write the screen to a new or empty --out folder")
+    if not isinstance(manifest.get("format_version", 0), int) or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{path}: a screen manifest of a newer napari-cellflux; upgrade napari-cellflux to read it")
+    return manifest
+
+
 def read_screen(root: str | Path) -> Screen:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; {root} is not a virtual screen written by `cellflux screen`")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: not a napari-cellflux screen manifest this version can read")
-    return Screen(root, manifest)
+    return Screen(root, read_manifest(path))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from napari_cellflux.errors import InputError
+
 COLOR_CYCLE = ("blue", "green", "red", "magenta", "cyan", "yellow")
 
 
@@ -43,7 +45,7 @@ def parse_channels(spec: str) -> tuple[Channel, ...]:
         return DATASET_CHANNELS[spec.lower()]
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
-        raise ValueError(f"channels {spec!r}: expected e.g. 'DNA:blue,tubulin:green,actin:red' or one of {sorted(DATASET_CHANNELS)}")
+        raise InputError(f"channels {spec!r}: expected e.g. 'DNA:blue,tubulin:green,actin:red' or one of {sorted(DATASET_CHANNELS)}")
     defaults = default_channels(len(items))
     return tuple(
         Channel(*(part.strip() for part in item.split(":", 1))) if ":" in item else Channel(item, defaults[i].color)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.vocabulary import Vocabulary
 
 # Vehicle controls whose SMILES everyone agrees on, so a control needs no SMILES from the user.
@@ -28,7 +29,7 @@ def morgan_count_fingerprint(smiles: str, n_bits: int = 1024, radius: int = 2) -
     finally:
         RDLogger.EnableLog("rdApp.*")
     if mol is None:
-        raise ValueError(
+        raise InputError(
             f"SMILES {smiles!r} could not be parsed by RDKit; check it (e.g. copy the isomeric SMILES from "
             "PubChem) or give the compound an embedding row in the embedding CSV instead"
         )
@@ -47,17 +48,17 @@ def compound_vocabulary(
     smiles = {str(name): str(s) for name, s in smiles_by_name.items()}
     if control is not None and control.lower() not in {n.lower() for n in smiles}:
         if control.lower() not in KNOWN_CONTROLS:
-            raise ValueError(
+            raise InputError(
                 f"control {control!r} has no SMILES; add it to the SMILES table (known vehicles: "
                 f"{', '.join(KNOWN_CONTROLS)})"
             )
         smiles[control] = KNOWN_CONTROLS[control.lower()]
     if not smiles:
-        raise ValueError("no compounds given; pass a mapping of compound name -> SMILES")
+        raise InputError("no compounds given; pass a mapping of compound name -> SMILES")
     rows = []
     for name, s in smiles.items():
         try:
             rows.append(morgan_count_fingerprint(s, n_bits=n_bits, radius=radius))
         except ValueError as err:
-            raise ValueError(f"compound {name!r}: {err}") from None
+            raise InputError(f"compound {name!r}: {err}") from None
     return Vocabulary(names=list(smiles), embeddings=np.stack(rows), kind="compound", smiles=smiles, control=control)

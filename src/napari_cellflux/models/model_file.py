@@ -21,6 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from napari_cellflux import __version__
 from napari_cellflux.atomic import atomic_write_bytes
 from napari_cellflux.core.unet import UNet, UNetConfig
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel, describe
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.models.vocabulary import Vocabulary
@@ -54,17 +55,17 @@ class CellFluxModel:
         cfg = self.config
         self.channels = tuple(self.channels)
         if len(self.channels) != cfg.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"the model takes {cfg.in_channels} channels but {describe(self.channels)} were given; "
                 f"name exactly {cfg.in_channels}"
             )
         if self.vocabulary.dim != cfg.condition_dim:
-            raise ValueError(
+            raise InputError(
                 f"perturbation embeddings are {self.vocabulary.dim}-d but the model's condition_dim is "
                 f"{cfg.condition_dim}; use the embedding table the model was trained with"
             )
         if self.image_size % cfg.downsample_factor:
-            raise ValueError(
+            raise InputError(
                 f"image_size {self.image_size} must be divisible by {cfg.downsample_factor} "
                 f"({len(cfg.channel_mult)} UNet levels)"
             )
@@ -133,38 +134,65 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(
+        raise InputError(
             f"{path} is not a readable napari-cellflux model file ({err}); it may be truncated: "
             "download or copy it again"
         ) from err
     if "cellflux" not in header:
-        raise ValueError(
+        raise InputError(
             f"{path} is a safetensors file without napari-cellflux metadata; convert published "
             "checkpoints with `cellflux convert`"
         )
-    meta = json.loads(header["cellflux"])
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(
+    meta = _metadata_object(path, header["cellflux"])
+    if meta.get("format") != FORMAT or not isinstance(meta.get("format_version", 0), int) or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(
             f"{path}: format {meta.get('format')!r} version {meta.get('format_version')} is not readable "
             f"by napari-cellflux {__version__}; upgrade napari-cellflux"
         )
-    config = UNetConfig.from_dict(meta["unet_config"])
+    try:
+        config = UNetConfig.from_dict(meta["unet_config"])  # validates sizes before anything is built
+        parts = dict(
+            vocabulary=Vocabulary.from_metadata(meta["vocabulary"], tensors["vocabulary.embeddings"]),
+            channels=tuple(Channel(**c) for c in meta["channels"]),
+            image_size=_positive_int(meta["image_size"], "image_size"),
+            normalization=Normalization.from_dict(meta["normalization"]),
+            sampling=SamplingConfig(**meta["sampling"]),
+            training=meta.get("training", {}),
+            provenance=meta.get("provenance", {}),
+        )
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        raise _damaged(path, f"missing {err}" if isinstance(err, KeyError) else str(err)) from None
     with torch.device("meta"):
         unet = UNet(config)
     weights = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
     load_weights(unet, weights, source=str(path))
-    model = CellFluxModel(
-        unet=unet,
-        vocabulary=Vocabulary.from_metadata(meta["vocabulary"], tensors["vocabulary.embeddings"]),
-        channels=tuple(Channel(**c) for c in meta["channels"]),
-        image_size=int(meta["image_size"]),
-        normalization=Normalization.from_dict(meta["normalization"]),
-        sampling=SamplingConfig(**meta["sampling"]),
-        training=meta.get("training", {}),
-        provenance=meta.get("provenance", {}),
-        sha256=file_sha256(path),
-    )
+    model = CellFluxModel(unet=unet, sha256=file_sha256(path), **parts)
     return model.to(device)
+
+
+def _metadata_object(path: Path, text: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _damaged(path, f"not JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, f"a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def _damaged(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{path}: its napari-cellflux metadata is damaged ({what}); the file was changed after it was written: "
+        "use the original file, or write it again with `cellflux convert` or training"
+    )
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def load_weights(unet: UNet, weights: dict[str, torch.Tensor], source: str) -> None:
@@ -183,11 +211,11 @@ def load_weights(unet: UNet, weights: dict[str, torch.Tensor], source: str) -> N
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} with other shapes (e.g. {k}: file {tuple(weights[k].shape)}, model {expected[k]})")
-        raise ValueError(
+        raise InputError(
             f"{source}: weights do not fit the UNet architecture: {'; '.join(parts)}. "
             "The file is truncated, foreign, or needs another architecture config"
         )
     broken = [k for k, v in weights.items() if not torch.isfinite(v).all()]
     if broken:
-        raise ValueError(f"{source}: weights {broken[:3]} contain NaN or inf; the checkpoint is corrupt")
+        raise InputError(f"{source}: weights {broken[:3]} contain NaN or inf; the checkpoint is corrupt")
     unet.load_state_dict({k: v.float() for k, v in weights.items()}, assign=True)

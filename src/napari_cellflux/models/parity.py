@@ -17,6 +17,7 @@ import torch
 from napari_cellflux.core.flow import guided, x_init
 from napari_cellflux.core.solvers import integrate, solver
 from napari_cellflux.core.unet import UNetConfig
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.published import PublishedCheckpoint, build_unet, torch_load_safely
 
 
@@ -45,11 +46,11 @@ def verify_parity(path: str | Path, tolerance: float = 1e-5) -> ParityReport:
     """Rebuild the fixture's model (EMA weights) and compare every reference output, in float32 on the CPU."""
     fixture = torch_load_safely(path)
     if not isinstance(fixture, dict) or "official_checkpoint" not in fixture or "reference" not in fixture:
-        raise ValueError(f"{path} is not a parity fixture: expected a dict with 'official_checkpoint' and 'reference'")
+        raise InputError(f"{path} is not a parity fixture: expected a dict with 'official_checkpoint' and 'reference'")
     ref = fixture["reference"]
     missing = [k for k in REQUIRED if k not in ref]
     if missing:
-        raise ValueError(f"{path}: the fixture's reference lacks {missing}")
+        raise InputError(f"{path}: the fixture's reference lacks {missing}")
     checkpoint = PublishedCheckpoint.from_dict(fixture["official_checkpoint"], source=f"{path}:official_checkpoint")
     config = UNetConfig.from_dict(ref["unet_config"]) if "unet_config" in ref else None
     unet = build_unet(checkpoint, use_ema=True, config=config)
@@ -62,7 +63,7 @@ def verify_parity(path: str | Path, tolerance: float = 1e-5) -> ParityReport:
 
     def error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
         if ours.shape != theirs.shape:
-            raise ValueError(f"shape {tuple(ours.shape)} differs from the reference's {tuple(theirs.shape)}")
+            raise InputError(f"shape {tuple(ours.shape)} differs from the reference's {tuple(theirs.shape)}")
         return float((ours - theirs).abs().max())
 
     errors: dict[str, float] = {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from napari_cellflux.core.unet import UNet, UNetConfig, preset
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import DATASET_CHANNELS, Channel, default_channels
 from napari_cellflux.models.model_file import CellFluxModel, file_sha256, load_weights
 from napari_cellflux.models.normalization import Normalization
@@ -27,7 +28,7 @@ from napari_cellflux.settings import DATASET_KINDS, SOLVER_ALIASES, SOLVER_NAMES
 ALLOWED_GLOBALS = (argparse.Namespace,)
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InputError):
     """The file holds Python objects outside the allow-list: loading it could run code."""
 
 
@@ -73,7 +74,7 @@ class PublishedCheckpoint:
     @classmethod
     def from_dict(cls, obj: object, source: str) -> "PublishedCheckpoint":
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
-            raise ValueError(
+            raise InputError(
                 f"{source} is not a CellFlux checkpoint: expected a dict with a 'model' entry "
                 "(the published checkpoint.pth layout)"
             )
@@ -81,7 +82,7 @@ class PublishedCheckpoint:
         live = {k.removeprefix("model."): v for k, v in state.items() if not _is_ema_key(k)}
         shadow = {int(k.split(".")[1]): v for k, v in state.items() if k.startswith("shadow_params.")}
         if shadow and sorted(shadow) != list(range(len(shadow))):
-            raise ValueError(f"{source}: shadow_params indices are not 0..{len(shadow) - 1}; the file is corrupt")
+            raise InputError(f"{source}: shadow_params indices are not 0..{len(shadow) - 1}; the file is corrupt")
         args = obj.get("args")
         return cls(
             live=live,
@@ -99,9 +100,9 @@ class PublishedCheckpoint:
             return self.live
         names = [name for name, p in unet.named_parameters() if p.requires_grad]
         if self.ema is None:
-            raise ValueError(f"{self.source} holds no EMA weights (shadow_params); load the live weights instead")
+            raise InputError(f"{self.source} holds no EMA weights (shadow_params); load the live weights instead")
         if len(self.ema) != len(names):
-            raise ValueError(
+            raise InputError(
                 f"{self.source}: {len(self.ema)} EMA tensors for a UNet with {len(names)} parameters; "
                 "the architecture config does not match this checkpoint"
             )
@@ -144,7 +145,7 @@ def infer_unet_config(weights: dict[str, torch.Tensor], *, num_heads: int = 1, u
     """
     def shape(key: str) -> tuple[int, ...]:
         if key not in weights:
-            raise ValueError(f"cannot infer the UNet config: weight {key!r} is missing; pass a config or preset")
+            raise InputError(f"cannot infer the UNet config: weight {key!r} is missing; pass a config or preset")
         return tuple(weights[key].shape)
 
     model_channels = shape("time_embed.0.weight")[1]
@@ -157,7 +158,7 @@ def infer_unet_config(weights: dict[str, torch.Tensor], *, num_heads: int = 1, u
             levels.append([])
     blocks_per_level = {len(level) for level in levels}
     if len(blocks_per_level) != 1:
-        raise ValueError(f"cannot infer the UNet config: levels have different block counts {sorted(blocks_per_level)}")
+        raise InputError(f"cannot infer the UNet config: levels have different block counts {sorted(blocks_per_level)}")
     first = [level[0] for level in levels]
     widths = [shape(f"input_blocks.{i}.0.in_layers.2.weight")[0] for i in first]
     return UNetConfig(

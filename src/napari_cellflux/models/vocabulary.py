@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_cellflux.errors import InputError, UnknownNameError
+
 KINDS = ("compound", "gene", "other")
 
 
@@ -31,16 +33,16 @@ class Vocabulary:
         self.names = [str(n) for n in self.names]
         self.embeddings = torch.as_tensor(self.embeddings, dtype=torch.float32)
         if self.kind not in KINDS:
-            raise ValueError(f"perturbation kind must be one of {KINDS}, got {self.kind!r}")
+            raise InputError(f"perturbation kind must be one of {KINDS}, got {self.kind!r}")
         if self.embeddings.dim() != 2 or self.embeddings.shape[0] != len(self.names):
-            raise ValueError(
+            raise InputError(
                 f"embeddings must be (V, D) with one row per name: {len(self.names)} names, "
                 f"embeddings of shape {tuple(self.embeddings.shape)}"
             )
         if len(set(n.lower() for n in self.names)) != len(self.names):
-            raise ValueError("perturbation names must be unique (case-insensitive)")
+            raise InputError("perturbation names must be unique (case-insensitive)")
         if not torch.isfinite(self.embeddings).all():
-            raise ValueError("perturbation embeddings contain NaN or inf; fix the embedding table")
+            raise InputError("perturbation embeddings contain NaN or inf; fix the embedding table")
 
     @property
     def dim(self) -> int:
@@ -58,7 +60,7 @@ class Vocabulary:
         close = difflib.get_close_matches(str(name), self.names, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; the model knows {len(self.names)} perturbations"
         extra = " (or give a SMILES for an unseen compound)" if self.kind == "compound" else ""
-        raise KeyError(f"unknown perturbation {name!r}{hint}{extra}")
+        raise UnknownNameError(f"unknown perturbation {name!r}{hint}{extra}")
 
     def embedding(self, name: str) -> torch.Tensor:
         """The (D,) condition vector of ``name``."""
@@ -92,12 +94,12 @@ def read_embedding_csv(path: str | Path, kind: str = "other", control: str | Non
     try:
         table = pd.read_csv(path, index_col=0)
     except Exception as err:  # pandas raises many parser error types
-        raise ValueError(f"embedding CSV {path} could not be parsed: {err}") from err
+        raise InputError(f"embedding CSV {path} could not be parsed: {err}") from err
     if table.empty:
-        raise ValueError(f"embedding CSV {path} has no rows; expected one row of floats per perturbation")
+        raise InputError(f"embedding CSV {path} has no rows; expected one row of floats per perturbation")
     non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
-        raise ValueError(
+        raise InputError(
             f"embedding CSV {path}: columns {non_numeric[:5]} are not numeric; expected the name in the "
             "first column and only numbers after it"
         )

@@ -1,10 +1,9 @@
-"""The model zoo: one registry of ready-to-use models, read by ``cellflux zoo``, by
-``api.load_model("bbbc021")`` and by the widget's model list.
+"""The model zoo: fetching, verifying, caching and converting the models of the registry
+(:mod:`napari_cellflux.models.zoo_registry`), for ``cellflux zoo``, ``api.load_model("bbbc021")``
+and the widget's model list.
 
-An entry is *bundled* (an own-format model file shipped in ``napari_cellflux/assets``) or
-*published* (the authors' ``checkpoint.pth`` plus its perturbation embedding table). Published
-files are downloaded with pooch into the cache (``CELLFLUX_CACHE``, default the platform cache
-dir) from the authors' hosts or a mirror (``CELLFLUX_ZOO_URL``), converted once to the own
+Published files are downloaded with pooch into the cache (``CELLFLUX_CACHE``, default the platform
+cache dir) from the authors' hosts or a mirror (``CELLFLUX_ZOO_URL``), converted once to the own
 format and loaded from there. A remote file whose hash the registry does not know is pinned by
 its first verified download (trust on first use); a different file later is an error.
 
@@ -20,157 +19,37 @@ Importing this module does not import torch (napari lists the models at start-up
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import json
-import logging
 import os
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Literal
 
-from napari_cellflux.atomic import atomic_write_text
-from napari_cellflux.models.channels import DATASET_CHANNELS, Channel
+from napari_cellflux.errors import InputError, UnknownNameError
+from napari_cellflux.models.zoo_download import retrieve
+from napari_cellflux.models.zoo_pins import read_pins, write_pins
+from napari_cellflux.models.zoo_registry import HF_BASE, REGISTRY, BundledModel, PublishedModel, RemoteFile, ZooEntry
 
 if TYPE_CHECKING:
-    from napari_cellflux.core.unet import UNetConfig
     from napari_cellflux.models.model_file import CellFluxModel
     from napari_cellflux.models.vocabulary import Vocabulary
 
-HF_BASE = "https://huggingface.co/suyc21/CellFlux/resolve/main/"
-# The IMPA repository (theislab/IMPA) publishes the embedding tables CellFlux was trained with
-# (CellFlux reuses IMPA's preprocessing). Commits are pinned, so a URL always names the same bytes.
-IMPA_BBBC021_BASE = "https://raw.githubusercontent.com/theislab/IMPA/e4a28351d6ea1e729c5196a42421fb022a5f6fac/"
-IMPA_RXRX1_BASE = "https://raw.githubusercontent.com/theislab/IMPA/823f3d1fb72739ab65b57d3ea44327c6472bf322/"
+# The registry's names stay importable from here, where the zoo's users have always found them.
+__all__ = [
+    "ASSETS", "ENV_CACHE", "ENV_URL", "HF_BASE", "REGISTRY", "BundledModel", "ModelStatus", "PublishedModel",
+    "RemoteFile", "Zoo", "ZooEntry", "ZooError", "default_zoo",
+]
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ENV_CACHE = "CELLFLUX_CACHE"
 ENV_URL = "CELLFLUX_ZOO_URL"
-PINS_FORMAT = "napari-cellflux zoo pins"
-DOWNLOAD_TIMEOUT_S = 60
-STALE_TEMP_S = 24 * 3600  # a temp file this old belongs to a download that was killed
 
 
-class ZooError(ValueError):
+class ZooError(InputError):
     """A zoo model cannot be fetched or loaded; the message says why and what to do."""
-
-
-def _is_sha256(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """A file on a public host at ``base_url + path``; ``sha256`` None = pinned by its first download."""
-
-    path: str
-    base_url: str = HF_BASE
-    sha256: str | None = None
-    size: str = ""  # approximate, for people
-
-    def __post_init__(self) -> None:
-        if self.path.startswith("/") or ".." in self.path.split("/"):
-            raise ValueError(f"RemoteFile path {self.path!r} must be relative to its base URL, without '..'")
-        if self.sha256 is not None and not _is_sha256(self.sha256):
-            raise ValueError(f"RemoteFile {self.path}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-
-    def url(self, mirror: str | None = None) -> str:
-        """Where to download it: from ``mirror`` (same relative path) if given, else its own host."""
-        return (mirror or self.base_url).rstrip("/") + "/" + self.path
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    """A model file shipped inside the package, ``napari_cellflux/assets/<file>``, in the own format."""
-
-    name: str
-    file: str
-    sha256: str
-    description: str = ""
-    kind: ClassVar[str] = "bundled"
-
-    def __post_init__(self) -> None:
-        if not _is_sha256(self.sha256):
-            raise ValueError(f"bundled model {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
-
-
-@dataclass(frozen=True)
-class PublishedModel:
-    """The authors' checkpoint plus what makes it a self-contained model.
-
-    config: a UNet preset name (the published architecture) or a UNetConfig (tests use tiny ones).
-    embeddings: the perturbation embedding table, None if none is published (the model is then
-    conditioned on explicit embeddings or a user table only).
-    """
-
-    name: str
-    dataset: str
-    checkpoint: RemoteFile
-    embeddings: RemoteFile | None
-    perturbation_kind: str
-    channels: tuple[Channel, ...]
-    config: Union[str, "UNetConfig"]
-    image_size: int = 96
-    description: str = ""
-    trained_on: str = ""
-    licence: str = ""
-    kind: ClassVar[str] = "published"
-
-    def unet_config(self) -> "UNetConfig":
-        from napari_cellflux.core.unet import preset
-
-        return preset(self.config) if isinstance(self.config, str) else self.config
-
-
-ZooEntry = Union[BundledModel, PublishedModel]
-
-_LICENCE = (
-    "no licence stated on the Hugging Face model repo; the authors' GitHub README shows an MIT "
-    "badge. Check with the authors before redistributing the weights"
-)
-
-REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="3918131537108478b7ccad280cb2d4d7a5ba3eac63b59bd0fd16b2d5ae222066",
-                 description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
-    PublishedModel(
-        name="bbbc021",
-        dataset="bbbc021",
-        checkpoint=RemoteFile("checkpoints/cellflux/bbbc021/checkpoint.pth", size="~0.9 GB"),
-        embeddings=RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, size="~80 kB"),
-        perturbation_kind="compound",
-        channels=DATASET_CHANNELS["bbbc021"],
-        config="bbbc021",
-        description="CellFlux, BBBC021 (MCF-7, 34 compounds + DMSO; DNA, tubulin, actin)",
-        trained_on="BBBC021 in IMPA's preprocessing, 8 compounds held out; checkpoint of epoch 99",
-        licence=_LICENCE,
-    ),
-    PublishedModel(
-        name="rxrx1",
-        dataset="rxrx1",
-        checkpoint=RemoteFile("checkpoints/cellflux/rxrx1/checkpoint.pth", size="~0.9 GB"),
-        embeddings=RemoteFile("embeddings/csv/rxrx1_gene2vec_embeddings.csv", IMPA_RXRX1_BASE, size="~2.5 MB"),
-        perturbation_kind="gene",
-        channels=DATASET_CHANNELS["rxrx1"],
-        config="rxrx1",
-        description="CellFlux, RxRx1 (siRNA, 1,042 genes; 6 channels)",
-        trained_on="RxRx1 in IMPA's preprocessing; checkpoint of epoch 29",
-        licence=_LICENCE,
-    ),
-    PublishedModel(
-        name="cpg0000",
-        dataset="cpg0000",
-        checkpoint=RemoteFile("checkpoints/cellflux/cpg0000/checkpoint.pth", size="~0.9 GB"),
-        embeddings=RemoteFile("data/cpg0000/cpg0000_combined_embeddings.csv"),
-        perturbation_kind="other",
-        channels=DATASET_CHANNELS["cpg0000"],
-        config="cpg0000",
-        description="CellFlux, JUMP cpg0000 (U2OS; compounds, CRISPR, ORF; 5 channels)",
-        trained_on="JUMP cpg0000 in IMPA's preprocessing; checkpoint of epoch 79",
-        licence=_LICENCE,
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -220,7 +99,7 @@ class Zoo:
                 return e
         close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown zoo model {name!r}{hint} Known: {', '.join(self.names())} (see `cellflux zoo list`)")
+        raise UnknownNameError(f"unknown zoo model {name!r}{hint} Known: {', '.join(self.names())} (see `cellflux zoo list`)")
 
     @property
     def pins_path(self) -> Path:
@@ -448,21 +327,15 @@ class Zoo:
     def _download(self, label: str, file: RemoteFile, progress: bool, pending: dict[str, str]) -> Path:
         """``file`` in the cache, verified against the registry hash or its pin; an unpinned file's hash
         goes into ``pending``, written only once the whole fetch succeeded."""
-        import pooch
         import requests
 
         from napari_cellflux.models.model_file import file_sha256
 
         dest = self._download_path(file)
-        _sweep_stale_temps(dest.parent)
         expected = file.sha256 or self._pins()["files"].get(file.path)
         url = file.url(self.base_url)
         try:
-            with _quiet_pooch():
-                pooch.retrieve(
-                    url, known_hash=f"sha256:{expected}" if expected else None, fname=dest.name,
-                    path=dest.parent, downloader=_downloader(f"{label}: {dest.name}", progress),
-                )
+            retrieve(url, dest, expected, f"{label}: {dest.name}", progress)
         except requests.exceptions.RequestException as err:
             raise ZooError(
                 f"could not download {file.path} for zoo model {label!r} from {url} ({err}). Nothing partial was kept "
@@ -489,39 +362,16 @@ class Zoo:
         return dest
 
     def _pins(self) -> dict:
-        path = self.pins_path
-        if not path.is_file():
-            return {"format": PINS_FORMAT, "version": 1, "files": {}, "models": {}}
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") != PINS_FORMAT:
-                raise ValueError(f"format is {data.get('format')!r}, not {PINS_FORMAT!r}")
-        except (OSError, ValueError, AttributeError) as err:
-            raise ZooError(
-                f"the zoo pins file {path} is unreadable ({err}); delete it to start pinning afresh "
-                "(the record of first downloads is then lost)"
-            ) from err
-        data.setdefault("files", {})
-        data.setdefault("models", {})
-        return data
+            return read_pins(self.pins_path)
+        except ValueError as err:
+            raise ZooError(str(err)) from err
 
-    def _update_pins(
-        self,
-        files: Mapping[str, str] | None = None,
-        models: Mapping[str, str] | None = None,
-        drop_files: tuple[str, ...] | list[str] = (),
-        drop_models: tuple[str, ...] | list[str] = (),
-    ) -> None:
+    def _update_pins(self, **changes) -> None:
+        """Add and drop pins (:func:`write_pins`'s keywords)."""
         # Read-modify-write right before the atomic replace keeps the window for a concurrent
         # fetch of another model short; a lost pin is re-pinned by the next download.
-        data = self._pins()
-        data["files"].update(files or {})
-        data["models"].update(models or {})
-        for key in drop_files:
-            data["files"].pop(key, None)
-        for key in drop_models:
-            data["models"].pop(key, None)
-        atomic_write_text(self.pins_path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_pins(self.pins_path, self._pins(), **changes)
 
 
 def default_zoo(environ: Mapping[str, str] | None = None) -> Zoo:
@@ -551,50 +401,3 @@ def _embedding_digest(embeddings) -> str:
     digest = hashlib.sha256(json.dumps(embeddings.names).encode())
     digest.update(embeddings.embeddings.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _sweep_stale_temps(directory: Path) -> None:
-    # pooch streams into tmp* files beside the target and deletes them on errors; only a killed
-    # process leaves one behind. Old ones are removed, fresh ones may belong to a running fetch.
-    if not directory.is_dir():
-        return
-    now = time.time()
-    for temp in directory.glob("tmp*"):
-        with contextlib.suppress(OSError):
-            if now - temp.stat().st_mtime > STALE_TEMP_S:
-                temp.unlink()
-
-
-def _downloader(label: str, progress: bool):
-    """A pooch downloader with a labelled tqdm bar, created only when pooch actually downloads."""
-    import pooch
-
-    def download(url: str, output_file, pooch_instance) -> None:
-        if not progress:
-            return pooch.HTTPDownloader(progressbar=False, timeout=DOWNLOAD_TIMEOUT_S)(url, output_file, pooch_instance)
-        from tqdm.auto import tqdm
-
-        # total=1 because pooch tests the bar's truthiness, which tqdm refuses for an unknown total;
-        # pooch sets the real total from Content-Length.
-        bar = tqdm(total=1, desc=label, unit="B", unit_scale=True, unit_divisor=1024, leave=True)
-        try:
-            pooch.HTTPDownloader(progressbar=bar, timeout=DOWNLOAD_TIMEOUT_S)(url, output_file, pooch_instance)
-        finally:
-            bar.close()
-
-    return download
-
-
-@contextlib.contextmanager
-def _quiet_pooch() -> Iterator[None]:
-    # pooch logs every download and suggests pasting hashes into pooch calls; our progress bars
-    # and errors say what matters to a napari-cellflux user.
-    import pooch
-
-    logger = pooch.get_logger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -1,0 +1,263 @@
+"""The dock widget's input sections, top to bottom: where the control cells come from, the model,
+the perturbation and the sampler settings. A missing or wrong input raises ValueError naming its
+section, which the widget shows on its status line."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from magicgui.widgets import FileEdit
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_cellflux._napari.layer_pickers import LabelsChoice, LayerList, describe_layers, layer_pixels
+from napari_cellflux._napari.qt_helpers import chosen_path, column, note, row, spin
+from napari_cellflux.data import samples
+from napari_cellflux.errors import InputError
+from napari_cellflux.generation import controls
+from napari_cellflux.models.channels import describe
+from napari_cellflux.settings import DEVICES, GRID_NAMES, SOLVER_NAMES
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_cellflux.models.model_file import CellFluxModel
+    from napari_cellflux.models.vocabulary import Vocabulary
+    from napari_cellflux.settings import SamplingConfig
+
+
+class ControlsBox(QGroupBox):
+    """Where the control cells come from: synthetic samples, crop layers, a whole field, or files."""
+
+    SOURCES = {
+        "sample": "synthetic sample cells",
+        "crops": "crop layer(s)",
+        "field": "whole-field layer(s)",
+        "file": "crops file or folder",
+    }
+
+    def __init__(self, viewer: "napari.viewer.Viewer"):
+        super().__init__("Controls")
+        self.source = QComboBox()
+        for key, text in self.SOURCES.items():
+            self.source.addItem(text, key)
+        self.crop_layers = LayerList(viewer)
+        self.field_layers = LayerList(viewer)
+        self.labels = LabelsChoice(viewer)
+        self.file = FileEdit(mode="r", filter="Cell crops (*.npy *.tif *.tiff)")
+        # One page per source; only the chosen one is shown (a QStackedWidget would keep the
+        # height of the tallest page).
+        self._pages = [
+            note("Control cells drawn by the synthetic screen generator at the model's crop size."),
+            column(
+                note("One layer (N, C, H, W) or (N, H, W, C), or one (N, H, W) layer per channel, in channel order:"),
+                self.crop_layers,
+            ),
+            column(
+                note("One field (C, H, W), or one layer per channel; cells are cut out on Generate:"),
+                self.field_layers,
+                row(QLabel("Nuclei:"), self.labels),
+            ),
+            column(note(".npy / .tif stack of crops, or a folder of them (type a folder's path)"), self.file.native),
+        ]
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.source)
+        for page in self._pages:
+            lay.addWidget(page)
+        self.source.currentIndexChanged.connect(self._show_page)
+        self._show_page(0)
+
+    def _show_page(self, index: int) -> None:
+        for i, page in enumerate(self._pages):
+            page.setVisible(i == index)
+
+    def choose(self, key: str) -> None:
+        self.source.setCurrentIndex(list(self.SOURCES).index(key))
+
+    def job(self, model: "CellFluxModel", seed: int, n_cells: int) -> Callable[[], np.ndarray]:
+        """A function returning the control pixels (N, C, H, W), to run in a worker. Layer data is
+        picked up here, on the Qt thread, because napari layers belong to it."""
+        key = self.source.currentData()
+        if key == "sample":
+            # the generator needs >= 2 cells; the run itself takes the first n_cells
+            return partial(samples.synthetic_controls, max(n_cells, 2), model.image_size, model.config.in_channels, seed)
+        if key == "file":
+            return partial(controls.crops_from_file, chosen_path(self.file, "Controls"), model)
+        picker = self.crop_layers if key == "crops" else self.field_layers
+        layers = picker.selected()
+        if not layers:
+            raise InputError(f"Controls: select the {self.SOURCES[key]} holding the control cells in the list")
+        arrays, source = [layer_pixels(layer) for layer in layers], describe_layers(layers)
+        if key == "crops":
+            return partial(controls.crops_from_arrays, arrays, model, source)
+        labels = self.labels.layer()
+        return partial(controls.crops_from_field, arrays, model, source, None if labels is None else layer_pixels(labels))
+
+
+class ModelBox(QGroupBox):
+    """The zoo's models (bundled first) or a local file, and what the loaded model takes."""
+
+    LOCAL = "local file…"
+
+    def __init__(self):
+        super().__init__("Model")
+        self.choice = QComboBox()
+        self.file = FileEdit(mode="r", filter="CellFlux models (*.safetensors *.pth *.pt)")
+        self.load = QPushButton("Load")
+        self.info = note("No model loaded.")
+        self._list_zoo()
+        self.choice.addItem(self.LOCAL, None)
+        self.choice.currentIndexChanged.connect(self._show_file)
+        self._show_file()
+        lay = QVBoxLayout(self)
+        lay.addWidget(row(self.choice, self.load))
+        lay.addWidget(self.file.native)
+        lay.addWidget(self.info)
+
+    def _list_zoo(self) -> None:
+        from napari_cellflux.models.zoo import ZooError, default_zoo
+
+        try:
+            statuses = default_zoo().list_models()
+        except (ZooError, ValueError) as err:  # e.g. a malformed mirror URL; local files still work
+            self.info.setText(f"Model zoo unavailable: {err}")
+            return
+        for status in sorted(statuses, key=lambda s: s.kind != "bundled"):
+            self.choice.addItem(f"{status.name} ({status.state})", status.name)
+            self.choice.setItemData(self.choice.count() - 1, f"{status.description}\n{status.detail}", Qt.ItemDataRole.ToolTipRole)
+
+    def _show_file(self) -> None:
+        self.file.native.setVisible(self.choice.currentData() is None)
+
+    def choose_file(self, path: str | Path) -> None:
+        self.choice.setCurrentIndex(self.choice.count() - 1)
+        self.file.value = path
+
+    def source(self) -> str:
+        """A zoo name or a model file path."""
+        name = self.choice.currentData()
+        return name if name is not None else str(chosen_path(self.file, "Model"))
+
+    def show_model(self, model: "CellFluxModel", source: str) -> None:
+        vocab = model.vocabulary
+        self.info.setText(
+            f"{Path(source).name}: {describe(model.channels)}; {model.image_size} x {model.image_size} px crops; "
+            f"{len(vocab)} {vocab.kind} perturbations (sha256 {model.sha256[:12]})"
+        )
+
+
+class PerturbationBox(QGroupBox):
+    """A searchable list of the model's perturbations; for compound models also a SMILES field."""
+
+    def __init__(self):
+        super().__init__("Perturbation")
+        self._vocabulary: Vocabulary | None = None
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("search…")
+        self.names = QListWidget()
+        self.names.setMaximumHeight(120)
+        self.smiles = QLineEdit()
+        self.smiles.setPlaceholderText("or the SMILES of an unseen compound")
+        self.smiles.setToolTip("A compound the model never saw: its fingerprint is used instead of the list's choice")
+        self.smiles.setVisible(False)
+        self.search.textChanged.connect(self._filter)
+        lay = QVBoxLayout(self)
+        for w in (self.search, self.names, self.smiles):
+            lay.addWidget(w)
+
+    def set_vocabulary(self, vocabulary: "Vocabulary") -> None:
+        self._vocabulary = vocabulary
+        self.smiles.setVisible(self._takes_smiles())
+        self.smiles.clear()
+        self.search.clear()
+        self._filter("")
+        treated = [n for n in vocabulary.names if n != vocabulary.control]
+        if treated:  # start on a perturbation that changes something
+            self.choose(treated[0])
+
+    def _filter(self, text: str) -> None:
+        if self._vocabulary is None:
+            return
+        current = self.chosen()
+        self.names.clear()
+        self.names.addItems(self._vocabulary.search(text))
+        if current:
+            self.choose(current)
+
+    def choose(self, name: str) -> None:
+        found = self.names.findItems(name, Qt.MatchFlag.MatchExactly)
+        if found:
+            self.names.setCurrentItem(found[0])
+
+    def chosen(self) -> str | None:
+        item = self.names.currentItem()
+        return item.text() if item is not None else None
+
+    def _takes_smiles(self) -> bool:
+        return self._vocabulary is not None and self._vocabulary.kind == "compound"
+
+    def condition(self) -> dict:
+        """generate()'s condition: {"smiles": ...} when a SMILES is typed, else {"perturbation": name}."""
+        smiles = self.smiles.text().strip()
+        if smiles and self._takes_smiles():
+            return {"smiles": smiles}
+        name = self.chosen()
+        if name is None:
+            extra = " or type a SMILES" if self._takes_smiles() else ""
+            raise InputError(f"Perturbation: pick a perturbation in the list{extra}")
+        return {"perturbation": name}
+
+
+class SamplingBox(QCollapsible):
+    """Solver settings (the model's defaults after loading), seed, number of cells, device."""
+
+    def __init__(self):
+        super().__init__("Sampling (advanced)")
+        self.solver, self.grid, self.device = QComboBox(), QComboBox(), QComboBox()
+        for combo, names in ((self.solver, SOLVER_NAMES), (self.grid, GRID_NAMES), (self.device, DEVICES)):
+            combo.addItems(names)
+        self.steps = spin(1, 1000, 50)
+        self.guidance = spin(0.0, 10.0, 0.2, step=0.05)
+        self.noise = spin(0.0, 5.0, 0.5, step=0.05)
+        self.seed = spin(0, 2**31 - 1, 0)
+        self.cells = spin(1, 100_000, 16)
+        form = QWidget()
+        lay = QFormLayout(form)
+        for label, widget in (
+            ("solver", self.solver), ("time grid", self.grid), ("steps", self.steps), ("guidance", self.guidance),
+            ("noise level", self.noise), ("seed", self.seed), ("number of cells", self.cells), ("device", self.device),
+        ):
+            lay.addRow(label, widget)
+        self.addWidget(form)
+
+    def set_defaults(self, sampling: "SamplingConfig") -> None:
+        self.solver.setCurrentText(sampling.solver)
+        self.grid.setCurrentText(sampling.grid)
+        self.steps.setValue(sampling.steps)
+        self.guidance.setValue(sampling.guidance)
+        self.noise.setValue(sampling.noise_level)
+
+    def options(self) -> dict:
+        return {
+            "sampling": {
+                "solver": self.solver.currentText(), "grid": self.grid.currentText(), "steps": self.steps.value(),
+                "guidance": self.guidance.value(), "noise_level": self.noise.value(),
+            },
+            "seed": self.seed.value(),
+            "n_cells": self.cells.value(),
+            "device": self.device.currentText(),
+        }

@@ -1,0 +1,137 @@
+"""The zoo's registry: which models exist and where their files are. An entry is *bundled* (an
+own-format model file shipped in ``napari_cellflux/assets``) or *published* (the authors'
+``checkpoint.pth`` plus its perturbation embedding table, with hashes where known). Fetching,
+verifying and caching them is :mod:`napari_cellflux.models.zoo`.
+
+No torch here: napari lists the models at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Union
+
+from napari_cellflux.errors import InputError
+from napari_cellflux.models.channels import DATASET_CHANNELS, Channel
+
+if TYPE_CHECKING:
+    from napari_cellflux.core.unet import UNetConfig
+
+HF_BASE = "https://huggingface.co/suyc21/CellFlux/resolve/main/"
+# The IMPA repository (theislab/IMPA) publishes the embedding tables CellFlux was trained with
+# (CellFlux reuses IMPA's preprocessing). Commits are pinned, so a URL always names the same bytes.
+IMPA_BBBC021_BASE = "https://raw.githubusercontent.com/theislab/IMPA/e4a28351d6ea1e729c5196a42421fb022a5f6fac/"
+IMPA_RXRX1_BASE = "https://raw.githubusercontent.com/theislab/IMPA/823f3d1fb72739ab65b57d3ea44327c6472bf322/"
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file on a public host at ``base_url + path``; ``sha256`` None = pinned by its first download."""
+
+    path: str
+    base_url: str = HF_BASE
+    sha256: str | None = None
+    size: str = ""  # approximate, for people
+
+    def __post_init__(self) -> None:
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise InputError(f"RemoteFile path {self.path!r} must be relative to its base URL, without '..'")
+        if self.sha256 is not None and not _is_sha256(self.sha256):
+            raise InputError(f"RemoteFile {self.path}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+
+    def url(self, mirror: str | None = None) -> str:
+        """Where to download it: from ``mirror`` (same relative path) if given, else its own host."""
+        return (mirror or self.base_url).rstrip("/") + "/" + self.path
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model file shipped inside the package, ``napari_cellflux/assets/<file>``, in the own format."""
+
+    name: str
+    file: str
+    sha256: str
+    description: str = ""
+    kind: ClassVar[str] = "bundled"
+
+    def __post_init__(self) -> None:
+        if not _is_sha256(self.sha256):
+            raise InputError(f"bundled model {self.name!r}: sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """The authors' checkpoint plus what makes it a self-contained model.
+
+    config: a UNet preset name (the published architecture) or a UNetConfig (tests use tiny ones).
+    embeddings: the perturbation embedding table, None if none is published (the model is then
+    conditioned on explicit embeddings or a user table only).
+    """
+
+    name: str
+    dataset: str
+    checkpoint: RemoteFile
+    embeddings: RemoteFile | None
+    perturbation_kind: str
+    channels: tuple[Channel, ...]
+    config: Union[str, "UNetConfig"]
+    image_size: int = 96
+    description: str = ""
+    trained_on: str = ""
+    licence: str = ""
+    kind: ClassVar[str] = "published"
+
+    def unet_config(self) -> "UNetConfig":
+        from napari_cellflux.core.unet import preset
+
+        return preset(self.config) if isinstance(self.config, str) else self.config
+
+
+ZooEntry = Union[BundledModel, PublishedModel]
+
+_LICENCE = (
+    "no licence stated on the Hugging Face model repo; the authors' GitHub README shows an MIT "
+    "badge. Check with the authors before redistributing the weights"
+)
+
+
+def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, description: str, trained_on: str) -> PublishedModel:
+    """The authors' checkpoint for ``dataset`` on Hugging Face, named after the dataset, with the
+    dataset's published architecture and channels."""
+    return PublishedModel(
+        name=dataset,
+        dataset=dataset,
+        checkpoint=RemoteFile(f"checkpoints/cellflux/{dataset}/checkpoint.pth", size="~0.9 GB"),
+        embeddings=embeddings,
+        perturbation_kind=kind,
+        channels=DATASET_CHANNELS[dataset],
+        config=dataset,
+        description=description,
+        trained_on=trained_on,
+        licence=_LICENCE,
+    )
+
+
+REGISTRY: tuple[ZooEntry, ...] = (
+    BundledModel("demo", "demo.safetensors", sha256="3918131537108478b7ccad280cb2d4d7a5ba3eac63b59bd0fd16b2d5ae222066",
+                 description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
+    _authors_model(
+        "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, size="~80 kB"), "compound",
+        description="CellFlux, BBBC021 (MCF-7, 34 compounds + DMSO; DNA, tubulin, actin)",
+        trained_on="BBBC021 in IMPA's preprocessing, 8 compounds held out; checkpoint of epoch 99",
+    ),
+    _authors_model(
+        "rxrx1", RemoteFile("embeddings/csv/rxrx1_gene2vec_embeddings.csv", IMPA_RXRX1_BASE, size="~2.5 MB"), "gene",
+        description="CellFlux, RxRx1 (siRNA, 1,042 genes; 6 channels)",
+        trained_on="RxRx1 in IMPA's preprocessing; checkpoint of epoch 29",
+    ),
+    _authors_model(
+        "cpg0000", RemoteFile("data/cpg0000/cpg0000_combined_embeddings.csv"), "other",
+        description="CellFlux, JUMP cpg0000 (U2OS; compounds, CRISPR, ORF; 5 channels)",
+        trained_on="JUMP cpg0000 in IMPA's preprocessing; checkpoint of epoch 79",
+    ),
+)
