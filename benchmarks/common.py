@@ -22,6 +22,7 @@ from napari_cellflux import api
 from napari_cellflux.atomic import atomic_write_text
 from napari_cellflux.core.unet import UNet, UNetConfig
 from napari_cellflux.data.samples import synthetic_channels
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.model_file import CellFluxModel
 from napari_cellflux.models.vocabulary import Vocabulary
 from napari_cellflux.settings import SamplingConfig
@@ -161,7 +162,7 @@ def pick_perturbation(model: CellFluxModel, name: str | None) -> str:
         return model.vocabulary.names[model.vocabulary.index(name)]
     names = [n for n in model.vocabulary.names if n != model.vocabulary.control]
     if not names:
-        raise ValueError("the model's vocabulary holds no perturbation besides the control; pass --perturbation")
+        raise InputError("the model's vocabulary holds no perturbation besides the control; pass --perturbation")
     return names[0]
 
 

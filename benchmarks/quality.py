@@ -19,6 +19,7 @@ import torch
 
 from napari_cellflux import api
 from napari_cellflux.core.unet import count_parameters
+from napari_cellflux.errors import InputError
 from napari_cellflux.settings import (
     EVALUATIONS_PER_STEP,
     GRID_MIN_STEPS,
@@ -75,7 +76,7 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
 
     reference_sampling = sampling_for("heun", "edm", reference_nfe, guidance, noise_level)
     if reference_sampling is None:
-        raise ValueError(f"--reference-nfe must be an even number >= 4, got {reference_nfe}")
+        raise InputError(f"--reference-nfe must be an even number >= 4, got {reference_nfe}")
     reference = generate(reference_sampling)
     noise = torch.randn(controls.shape, generator=torch.Generator().manual_seed(seed))
     start = controls + noise_level * noise  # x_init, exactly as generate() draws it

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from napari_cellflux import api
+from napari_cellflux.atomic import check_writable
+from napari_cellflux.errors import run_main
 from napari_cellflux.runtime import DTYPES
 
 from . import common as C
@@ -94,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--screen-batch", type=int)
     g.add_argument("--screen-steps", type=int)
     args = p.parse_args(argv)
+    return run_main("python -m benchmarks.run", lambda: run(args, argv))
 
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """All sections asked for, each writing its JSON, then RESULTS.md."""
+    check_writable(args.out, what="--out", folder=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = api.resolve_device(args.device)

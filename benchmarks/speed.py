@@ -14,6 +14,7 @@ import torch
 
 from napari_cellflux import api
 from napari_cellflux.core.unet import count_parameters, preset
+from napari_cellflux.errors import InputError
 from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 from . import common as C
@@ -76,7 +77,7 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
     name = C.pick_perturbation(model, perturbation)
     controls = C.controls_for(model, cells)
     if nfe % 2:
-        raise ValueError(f"--demo-nfe must be even (Heun and midpoint take 2 evaluations per step), got {nfe}")
+        raise InputError(f"--demo-nfe must be even (Heun and midpoint take 2 evaluations per step), got {nfe}")
     samplings = {
         f"euler_uniform_{nfe}": model.sampling.with_overrides(solver="euler", grid="uniform", steps=nfe),
         f"heun_edm_{nfe // 2}": model.sampling.with_overrides(solver="heun", grid="edm", steps=max(nfe // 2, 2)),

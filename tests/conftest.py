@@ -1,4 +1,4 @@
-"""Fixtures for the core-engine tests (helpers live in helpers.py)."""
+"""Fixtures for the core-engine tests (helpers live in helpers.py), and the ``--slow`` option."""
 
 from __future__ import annotations
 
@@ -14,9 +14,23 @@ from helpers import GOLDEN, STATE_DICT_JSON
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    # Deselected rather than skipped: the default run reports them once, not one SKIPPED line each.
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture(scope="session")
 def official_state_dict() -> dict:
-    """The published parameter names, shapes, counts and order (shared/reference)."""
+    """The published parameter names, shapes, counts and order (fixtures/SOURCES.md)."""
     return json.loads(STATE_DICT_JSON.read_text())
 
 

@@ -11,10 +11,10 @@ import pandas as pd
 from napari_cellflux.data.impa import CONVENTIONS
 from napari_cellflux.models.vocabulary import Vocabulary
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REAL = SHARED / "data" / "real"
-BBBC021_FIELD = REAL / "Week1_150607_C02_s3_w1E54F0108-F44A-4F6E-9637-6A9DE80F0823.tif"
-BBBC022_FIELD = REAL / "IXMtest_A09_s1_w1CE70AD49-290D-4312-82E6-CDC717F32637.tif"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# 384 x 384 regions of real nucleus-channel fields (origin and licence: fixtures/SOURCES.md).
+BBBC021_FIELD = FIXTURES / "bbbc021_C02_s3_dna_384.tif"
+BBBC022_FIELD = FIXTURES / "bbbc022_A09_s1_dna_384.tif"
 
 # Columns of each convention: (perturbation, batch, state, control value, treated value).
 LAYOUT = {

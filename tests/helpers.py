@@ -1,4 +1,4 @@
-"""Helpers shared by the core-engine tests: paths to shared/reference, tiny UNet configs, and
+"""Helpers shared by the core-engine tests: paths to the reference fixtures, tiny UNet configs, and
 checkpoints in the authors' published layout. Imported by the tests as ``helpers``."""
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ import torch
 
 from napari_cellflux.core.unet import UNet, UNetConfig
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
-GOLDEN = REFERENCE / "official_small_golden.pt"
-STATE_DICT_JSON = REFERENCE / "cellflux_official_state_dict.json"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GOLDEN = FIXTURES / "parity_golden.pt"
+STATE_DICT_JSON = FIXTURES / "cellflux_official_state_dict.json"
 
 TINY = dict(
     in_channels=3,
@@ -50,9 +49,10 @@ def make_published_checkpoint(
     epoch: int = 7,
     num_updates: int = 1234,
 ) -> dict:
-    """Write a checkpoint in the authors' layout (FACTS: ``model`` with ``model.<name>`` live weights,
-    ``num_updates`` and ``shadow_params.<i>`` EMA weights in trainable-parameter order; ``epoch``;
-    ``args`` an argparse.Namespace) with ``torch.save``; the EMA weights differ from the live ones.
+    """Write a checkpoint in the authors' layout (docs/method.md, Published checkpoints:
+    ``model`` with ``model.<name>`` live weights, ``num_updates`` and ``shadow_params.<i>`` EMA
+    weights in trainable-parameter order; ``epoch``; ``args`` an argparse.Namespace) with
+    ``torch.save``; the EMA weights differ from the live ones.
 
     Returns {"names": [...], "live": {name: tensor}, "ema": {name: tensor} or None, "path": path}.
     """

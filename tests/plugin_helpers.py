@@ -19,13 +19,13 @@ COMPOUNDS = {"colchicine": "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)
 FAST = SamplingConfig(solver="euler", grid="uniform", steps=4, guidance=0.2, noise_level=0.5)
 
 
-def tiny_model(seed: int = 0) -> CellFluxModel:
+def tiny_model(seed: int = 0, image_size: int = 32) -> CellFluxModel:
     """Random weights (all non-zero, so every step changes the cells), compound vocabulary with DMSO."""
     vocabulary = compound_vocabulary(COMPOUNDS, control="DMSO")
     unet = randomize(UNet(tiny_config(condition_dim=vocabulary.dim)), seed)
-    return CellFluxModel(unet=unet, vocabulary=vocabulary, channels=synthetic_channels(3), image_size=32, sampling=FAST)
+    return CellFluxModel(unet=unet, vocabulary=vocabulary, channels=synthetic_channels(3), image_size=image_size, sampling=FAST)
 
 
-def tiny_model_file(path: Path) -> Path:
-    save_model(tiny_model(), path)
+def tiny_model_file(path: Path, image_size: int = 32) -> Path:
+    save_model(tiny_model(image_size=image_size), path)
     return path

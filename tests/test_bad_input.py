@@ -117,6 +117,10 @@ CASES = [
     ("screen-n-cells-zero", lambda i, t: ["screen", "--model", str(i["tiny.safetensors"]), "--n-cells", "0",
                                           "--out", str(t / "s")], "--n-cells"),
     ("extract-prefix-escapes", lambda i, t: extract(i, t, "--prefix", "../../escape"), "--prefix"),
+    ("extract-nan-field", lambda i, t: extract(i, t, field=np.full((3, 64, 64), np.nan, dtype=np.float32)), "NaN"),
+    ("extract-truncated-field", lambda i, t: ["extract", str(i["truncated.tif"]), "--out", str(t / "crops"),
+                                              "--perturbation", "DMSO", "--batch", "b1"], "truncated.tif"),
+    ("extract-corrupt-cells-csv", lambda i, t: extract_into_corrupt_table(i, t), "cells.csv"),
 ]
 
 
@@ -128,12 +132,26 @@ def screen_into(inputs, tmp: Path, manifest) -> list[str]:
             "--n-cells", "4", "--steps", "1", "--quiet", "--out", str(folder)]
 
 
-def extract(inputs, tmp: Path, *extra) -> list[str]:
+def extract(inputs, tmp: Path, *extra, field=None) -> list[str]:
     import tifffile
 
-    field = tmp / "field.tif"
-    tifffile.imwrite(field, np.zeros((3, 64, 64), dtype=np.uint16))
-    return ["extract", str(field), "--out", str(tmp / "crops"), "--perturbation", "DMSO", "--batch", "b1", *extra]
+    path = tmp / "field.tif"
+    tifffile.imwrite(path, np.zeros((3, 64, 64), dtype=np.uint16) if field is None else field)
+    return [str(a) for a in ("extract", path, "--out", tmp / "crops", "--perturbation", "DMSO", "--batch", "b1", *extra)]
+
+
+def extract_into_corrupt_table(inputs, tmp: Path) -> list[str]:
+    """A real field (nuclei to cut) into a folder whose cells.csv is damaged: no orphan crop may appear."""
+    import tifffile
+
+    from napari_cellflux.data.synthetic_field import make_synthetic_field
+
+    field = make_synthetic_field((192, 192), n_cells=6, cell_size=32, seed=1)
+    tifffile.imwrite(tmp / "field.tif", field.image)
+    (tmp / "crops").mkdir()
+    (tmp / "crops" / "cells.csv").write_bytes(b"\xff\xfe\x00garbage")
+    return ["extract", str(tmp / "field.tif"), "--out", str(tmp / "crops"), "--perturbation", "DMSO", "--batch", "b1",
+            "--crop-size", "32", "--min-area", "10"]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, float]]:

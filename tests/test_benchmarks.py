@@ -11,8 +11,11 @@ from plugin_helpers import tiny_model_file
 from benchmarks import common, run
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_section(tmp_path):
-    model = tiny_model_file(tmp_path / "tiny.safetensors")
+    # 16 x 16 cells: on CPUs without native bf16 the emulated bf16 variants dominate (the run took
+    # 47 s at 32 x 32, 21 s at 16 x 16 on 2 cores); the keys checked here do not depend on the size.
+    model = tiny_model_file(tmp_path / "tiny.safetensors", image_size=16)
     out = tmp_path / "results"
     assert run.main(["--quick", "--model", str(model), "--out", str(out), "--threads", "1",
                      "--screen-cells", "12", "24", "--screen-chunk", "12"]) == 0
@@ -33,7 +36,6 @@ def test_quick_benchmark_writes_every_section(tmp_path):
             "peak_memory_mib", "flops_per_forward"} <= set(demo_rows[0])
     paper = [r for r in thr["rows"] if r["size"] == "paper"]
     assert paper and all(r["status"] == "not run: no GPU" for r in paper)
-    assert abs(paper[0]["flops_per_forward"] - 0.4075e12) < 0.005e12  # the paper's ~0.41 TFLOP per forward
 
     q = data["quality"]
     assert {(r["solver"], r["grid"]) for r in q["rows"]} == {(s, g) for s in ("euler", "midpoint", "heun") for g in ("uniform", "edm")}
@@ -57,12 +59,10 @@ def test_gpu_peak_table(name, peak):
     assert common.gpu_peak_tflops(name) == peak
 
 
-def test_paper_preset_flops_and_parameters():
-    import torch
+def test_paper_preset_costs_the_papers_0_41_tflop_per_forward():
+    """The one check of the published forward cost (docs/method.md, Model: ~0.41 TFLOP per
+    96 x 96 image), through the counter the throughput table divides by; the parameter count is
+    test_model's."""
+    from napari_cellflux.core.unet import preset
 
-    from napari_cellflux.core.unet import UNet, count_parameters, preset
-
-    flops = common.flops_per_image(preset("bbbc021"), 96)
-    assert 0.40e12 < flops < 0.42e12
-    with torch.device("meta"):
-        assert abs(count_parameters(UNet(preset("bbbc021"))) - 56.2e6) < 0.1e6
+    assert abs(common.flops_per_image(preset("bbbc021"), 96) - 0.4075e12) < 0.005e12

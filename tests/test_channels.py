@@ -8,7 +8,7 @@ from napari_cellflux.models.channels import DATASET_CHANNELS, Channel, default_c
 
 
 def test_published_screens_have_the_documented_channel_counts():
-    """FACTS: BBBC021 3 channels (DNA, tubulin, actin), RxRx1 6, cpg0000 5."""
+    """docs/method.md, Datasets: BBBC021 3 channels (DNA, tubulin, actin), RxRx1 6, cpg0000 5."""
     assert [c.name for c in DATASET_CHANNELS["bbbc021"]] == ["DNA", "tubulin", "actin"]
     assert len(DATASET_CHANNELS["rxrx1"]) == 6 and len(DATASET_CHANNELS["cpg0000"]) == 5
     for channels in DATASET_CHANNELS.values():

@@ -24,7 +24,7 @@ def value_of(x: torch.Tensor) -> int:
     return int(round((float(x[0, 1, 1]) * 0.5 + 0.5) * 255))
 
 
-# --- key -> file conventions (FACTS.md examples) -------------------------------------------
+# --- key -> file conventions (IMPA's format: docs/data.md, the published IMPA format) ---
 
 
 def test_key_conventions_match_the_published_layouts():

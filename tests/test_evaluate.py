@@ -183,3 +183,43 @@ def test_perturbation_missing_from_the_vocabulary(screen, checkpoints, tmp_path,
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["data"]["perturbations"] == ["camptothecin", "PP-3"]
     assert result["data"]["unseen"] == ["PP-3"]  # no training cells of that name
+
+
+def without_controls(screen: Path, out: Path, batch: str, splits: tuple[str, ...]) -> Path:
+    shutil.copytree(screen, out)
+    metadata = pd.read_csv(out / "metadata.csv", index_col=0)
+    drop = (metadata["STATE"] == 0) & (metadata["BATCH"] == batch) & metadata["SPLIT"].isin(splits)
+    metadata[~drop].to_csv(out / "metadata.csv")
+    return out
+
+
+def test_controls_come_from_the_batch_and_split_else_its_other_split(screen, tmp_path):
+    data = E.load_eval_data(screen)
+    selection = E.select_cells(data, n_cells=2)
+    drawn = data.table.cells.iloc[selection.controls]
+    assert drawn["is_control"].all() and (drawn["split"] == "test").all()
+    assert (drawn["batch"].to_numpy() == selection.batches).all() and selection.notes == []
+
+    data = E.load_eval_data(without_controls(screen, tmp_path / "no_test", "Week1", ("test",)))
+    selection = E.select_cells(data, n_cells=2)
+    drawn = data.table.cells.iloc[selection.controls]
+    week1 = selection.batches == "Week1"
+    assert (drawn["split"][week1] == "train").all() and (drawn["split"][~week1] == "test").all()
+    assert selection.notes == ["batch Week1: no control cells in split 'test'; controls drawn from its other split"]
+
+    data = E.load_eval_data(without_controls(screen, tmp_path / "none", "Week1", ("train", "test")))
+    with pytest.raises(ValueError, match="batch 'Week1' has treated cells but no control cells; controls are drawn"):
+        E.select_cells(data)
+
+
+def test_training_and_evaluation_read_screens_through_one_dispatch(screen, tmp_path):
+    from napari_cellflux.data.screens import read_screen_table
+    from training.data import OPTION_NAMES
+
+    table, data_format, csv = read_screen_table(screen)
+    assert data_format == "bbbc021" and csv == screen / "metadata.csv"
+    assert table.cells.equals(E.load_eval_data(screen).table.cells)
+    with pytest.raises(ValueError, match="data.format 'jump' is not one of bbbc021, cpg0000, rxrx1, plain"):
+        read_screen_table(screen, "jump", names=OPTION_NAMES)
+    with pytest.raises(FileNotFoundError, match="data.metadata .*cells.csv does not exist"):
+        read_screen_table(screen, "plain", "cells.csv", names=OPTION_NAMES)

@@ -52,12 +52,6 @@ def test_preset_parameter_count_matches_published(meta_preset, official_state_di
     assert count_parameters(unet) == official_state_dict[name]["n_parameters"]
 
 
-def test_bbbc021_parameter_count_is_the_published_56_2m():
-    with torch.device("meta"):
-        unet = UNet(preset("bbbc021"))
-    assert count_parameters(unet) == 56_201_219
-
-
 def test_preset_names_and_shapes_match_published_keys(meta_preset, official_state_dict):
     name, unet = meta_preset
     published = {
@@ -99,18 +93,6 @@ def test_shadow_params_shapes_follow_parameter_order(meta_preset, official_state
 def test_presets_equal_published_unet_config(official_state_dict):
     for name in PRESET_NAMES:
         assert UNetConfig.from_dict(official_state_dict[name]["unet_config"]) == PRESETS[name]
-
-
-def test_published_forward_cost_is_about_0_41_tflop():
-    """FACTS: ~0.41 TFLOP per forward pass of one 96 x 96 image (counted on the meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        unet = UNet(preset("bbbc021")).eval()
-        x, t, cond = torch.empty(1, 3, 96, 96), torch.empty(1), torch.empty(1, 1024)
-    with FlopCounterMode(display=False) as counter:
-        unet(x, t, cond)
-    assert counter.get_total_flops() / 1e12 == pytest.approx(0.41, abs=0.01)
 
 
 # --- config --------------------------------------------------------------------------------------

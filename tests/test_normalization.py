@@ -1,4 +1,5 @@
-"""Pixel <-> model space (FACTS: x = (uint8 + U[0,1)) / 255, then (x - 0.5) / 0.5)."""
+"""Pixel <-> model space (docs/method.md, Data and pre-processing: x = (uint8 + U[0,1)) / 255,
+then (x - 0.5) / 0.5)."""
 
 from __future__ import annotations
 

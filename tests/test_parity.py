@@ -27,7 +27,8 @@ TWO_HEAD_CONFIG = UNetConfig(
 
 
 def _edm_grid(n: int) -> torch.Tensor:
-    """FACTS' EDM grid, written out here so the fixture does not depend on our sampling module."""
+    """The EDM grid (docs/method.md, Sampling), written out here so the fixture does not depend on
+    our sampling module."""
     i = np.arange(n, dtype=np.float64)
     sigma = np.append((80 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7, 0.0)
     return torch.tensor(1 - sigma / (1 + sigma), dtype=torch.float32)

@@ -28,8 +28,8 @@ def test_uniform_grid():
 
 
 def _edm_reference(n: int) -> np.ndarray:
-    """FACTS: sigma_i = (80^(1/7) + i/(N-1) (0.002^(1/7) - 80^(1/7)))^7, i = 0..N-1, append 0,
-    t = 1 - sigma / (1 + sigma)."""
+    """docs/method.md, Sampling: sigma_i = (80^(1/7) + i/(N-1) (0.002^(1/7) - 80^(1/7)))^7,
+    i = 0..N-1, append 0, t = 1 - sigma / (1 + sigma)."""
     i = np.arange(n, dtype=np.float64)
     sigma = (80 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     sigma = np.append(sigma, 0.0)

@@ -128,6 +128,7 @@ def test_paper_configs_hold_the_paper_hyper_parameters():
     assert "cytochalasin D" in load_config("bbbc021").data.held_out
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_share_weights_and_only_rank_zero_writes(screen, tmp_path):
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     dumps.mkdir()

@@ -196,6 +196,7 @@ def test_bundled_demo_is_listed_first_and_generates(viewer_and_widget, qtbot):
     assert widget._result is not None, widget.status.text()
 
 
+@pytest.mark.slow
 def test_opening_the_widget_does_not_import_torch():
     """napari starts fast: torch is first imported by the worker that loads a model."""
     code = (

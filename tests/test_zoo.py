@@ -162,8 +162,9 @@ def controls(n: int = 2) -> torch.Tensor:
 
 # ---- the real registry -------------------------------------------------------------------------
 
-FACTS_CONDITION_DIM = {"bbbc021": 1024, "rxrx1": 200, "cpg0000": 1224}
-FACTS_CHANNELS = {"bbbc021": 3, "rxrx1": 6, "cpg0000": 5}
+# docs/method.md, Datasets and Model.
+PUBLISHED_CONDITION_DIM = {"bbbc021": 1024, "rxrx1": 200, "cpg0000": 1224}
+PUBLISHED_CHANNELS = {"bbbc021": 3, "rxrx1": 6, "cpg0000": 5}
 
 
 def test_registry_entries_are_well_formed():
@@ -185,9 +186,9 @@ def test_registry_entries_are_well_formed():
             assert f.url("http://mirror.example/x/") == "http://mirror.example/x/" + f.path
         config = e.unet_config()
         assert e.config == e.dataset and config == preset(e.dataset)
-        assert len(e.channels) == config.in_channels == FACTS_CHANNELS[e.dataset]
+        assert len(e.channels) == config.in_channels == PUBLISHED_CHANNELS[e.dataset]
         assert e.channels == DATASET_CHANNELS[e.dataset]
-        assert config.condition_dim == FACTS_CONDITION_DIM[e.dataset]
+        assert config.condition_dim == PUBLISHED_CONDITION_DIM[e.dataset]
         assert e.image_size == 96 and e.image_size % config.downsample_factor == 0
         assert e.perturbation_kind == {"bbbc021": "compound", "rxrx1": "gene", "cpg0000": "other"}[e.dataset]
         assert e.description and e.trained_on and e.licence

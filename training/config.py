@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from napari_cellflux.settings import SamplingConfig
+from napari_cellflux.errors import InputError
+from napari_cellflux.settings import DEVICES, TRAINING_PRECISIONS, SamplingConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -47,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """The paper's optimisation (FACTS.md, Training) unless changed."""
+    """The paper's optimisation (docs/method.md, Training) unless changed."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
@@ -61,6 +64,20 @@ class OptimConfig:
     class_drop_prob: float = 0.2
     precision: str = "auto"
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "steps")
+        if self.epochs is not None:
+            _at_least(self, 1, "epochs")
+        if not self.lr > 0:
+            raise InputError(f"optim.lr must be > 0, got {self.lr}")
+        for name in ("noise_prob", "class_drop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"optim.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.ema_max_decay < 1.0 or self.noise_level < 0 or self.weight_decay < 0:
+            raise InputError("optim.ema_max_decay must be in [0, 1), optim.noise_level and optim.weight_decay >= 0")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise InputError(f"optim.precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r}")
+
 
 @dataclass
 class RunConfig:
@@ -70,6 +87,13 @@ class RunConfig:
     log_every: int = 10
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch (None: torch's default); fixes float summation order
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "checkpoint_every", "log_every")
+        if self.threads is not None:
+            _at_least(self, 1, "threads")
+        if self.device.split(":")[0] not in DEVICES:
+            raise InputError(f"run.device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
 
 
 @dataclass
@@ -89,21 +113,62 @@ class TrainConfig:
 
 
 def _build(cls, values: dict, where: str):
-    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclasses; unknown keys are errors."""
+    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclasses; unknown keys
+    and values of the wrong type are errors that name the key."""
     if not isinstance(values, dict):
-        raise ValueError(f"config {where or 'file'}: expected a mapping, got {values!r}")
+        raise InputError(f"config {where.rstrip('.') or 'file'}: expected a mapping, got {values!r}")
     fields = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"config {where or 'file'}: unknown keys {unknown}; valid keys: {sorted(fields)}")
+        raise InputError(f"config {where or 'file'}: unknown keys {unknown}; valid keys: {sorted(fields)}")
     kwargs = {}
     for key, value in values.items():
         kind = fields[key]
-        kwargs[key] = _build(kind, value, f"{where}{key}.") if dataclasses.is_dataclass(kind) else value
-    config = cls(**kwargs)
-    if cls is OptimConfig:
-        config.betas = tuple(config.betas)
-    return config
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _typed(value, kind, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except InputError as err:
+        raise InputError(f"config {where.rstrip('.')}: {err}" if where else f"config: {err}") from None
+
+
+def _typed(value, kind, key: str):
+    """``value`` as the field's type ``kind`` (YAML reads 1e-4 as text, so numbers in text are
+    accepted); anything else is an error naming ``key``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _typed(value, kind, key)
+    if kind is float and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isfinite(number):
+            return number
+    elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+            return int(value)
+    elif kind in (str, bool, dict) and isinstance(value, kind):
+        return value
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        items = [_typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis and len(items) != len(args):
+            raise InputError(f"config {key}: expected {len(args)} values, got {len(items)}")
+        return tuple(items) if origin is tuple else items
+    name = getattr(kind, "__name__", str(kind))
+    raise InputError(f"config {key}: expected {'a finite ' if kind is float else 'a ' if kind is not int else 'an '}"
+                     f"{name}, got {value!r}")
+
+
+def _at_least(section, low: int, *names: str) -> None:
+    for name in names:
+        if getattr(section, name) < low:
+            raise InputError(f"{name} must be >= {low}, got {getattr(section, name)}")
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
@@ -119,12 +184,12 @@ def load_config(name_or_path: str, overrides: list[str] = ()) -> TrainConfig:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.key=value, e.g. optim.steps=500")
+            raise InputError(f"override {item!r} must look like section.key=value, e.g. optim.steps=500")
         target = values
         *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
+                raise InputError(f"override {item!r}: {part!r} is not a section")
         target[leaf] = yaml.safe_load(raw)
     return _build(TrainConfig, values, "")

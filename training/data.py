@@ -12,12 +12,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
-from napari_cellflux.data.impa import CONVENTIONS, read_impa
-from napari_cellflux.data.plain import read_plain
+from napari_cellflux.data.screens import OptionNames, read_screen_table, under
+from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel, default_channels
 from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
 from .config import DataConfig
+
+OPTION_NAMES = OptionNames(root="data.root", format="data.format", metadata="data.metadata")
 
 
 class SeededItems(Dataset):
@@ -62,7 +64,7 @@ class TrainingData:
         indices = list(sampler)
         batches = [indices[i * batch_size:(i + 1) * batch_size] for i in range(self.batches_per_epoch(batch_size, world_size))]
         if not batches:
-            raise ValueError(
+            raise InputError(
                 f"{self.source}: {len(self.pairs)} training cells make no full batch of {batch_size} per process "
                 f"({world_size} processes); lower optim.batch_size"
             )
@@ -77,28 +79,17 @@ def load_training_data(cfg: DataConfig, *, image_size: int, seed: int, build: bo
     it is missing (only rank 0 builds; the others wait and read).
     """
     root = Path(cfg.root)
-    metadata = _under(root, cfg.metadata)
-    if cfg.synthetic and build and not metadata.is_file():
+    if cfg.synthetic and build and not under(root, cfg.metadata).is_file():
         from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 
         make_synthetic_screen(root, SyntheticScreenConfig(seed=cfg.synthetic_seed, image_size=image_size))
-    if cfg.format == "plain":
-        table = read_plain(metadata)
-    elif cfg.format in CONVENTIONS:
-        table = read_impa(metadata, root, cfg.format)
-    else:
-        raise ValueError(f"data.format must be one of {sorted(CONVENTIONS)} or 'plain', got {cfg.format!r}")
-    vocabulary = read_embedding_csv(_under(root, cfg.embeddings), kind=cfg.kind)
+    table, _, metadata = read_screen_table(root, cfg.format, cfg.metadata, names=OPTION_NAMES)
+    vocabulary = read_embedding_csv(under(root, cfg.embeddings), kind=cfg.kind)
     vocabulary.smiles = {name: s for name, s in table.smiles.items() if name in vocabulary.names}
     pairs = CellPairDataset(table, vocabulary, PairingConfig(split="train", held_out=tuple(cfg.held_out), flip_prob=cfg.flip_prob))
     if pairs.shape[1:] != (image_size, image_size):
-        raise ValueError(
+        raise InputError(
             f"{metadata}: cells are {pairs.shape[1]} x {pairs.shape[2]} px but model.image_size is {image_size}; "
             "set model.image_size to the crop size"
         )
     return TrainingData(pairs=pairs, vocabulary=vocabulary, source=metadata, seed=seed)
-
-
-def _under(root: Path, name: str) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() else root / path

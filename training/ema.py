@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights; the EMA copy is the one sampled from (FACTS.md)."""
+"""Exponential moving average of the weights; the EMA copy is the one sampled from
+(docs/method.md, Training)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cellflux.errors import InputError
+
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
 FEATURE_DIM = 2048
@@ -185,7 +187,7 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"Inception features need (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+            raise InputError(f"Inception features need (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
         x = F.interpolate(images.float(), size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
         x = 2.0 * x - 1.0
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
@@ -212,12 +214,12 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling raises many types; all mean "not a weights file"
-        raise ValueError(f"--inception-weights {path} is not a readable torch state dict "
+        raise InputError(f"--inception-weights {path} is not a readable torch state dict "
                          f"({str(err).splitlines()[0]}); {fix}") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"--inception-weights {path} holds no state dict of tensors; {fix}")
+        raise InputError(f"--inception-weights {path} holds no state dict of tensors; {fix}")
     network = InceptionFeatures()
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items() if not k.endswith("num_batches_tracked")}
     given = {k: v for k, v in state.items()
@@ -229,7 +231,7 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> Ince
         parts = [f"{len(missing)} missing (e.g. {missing[:2]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
                  f"{len(wrong)} with other shapes (e.g. {wrong[:2]})" if wrong else ""]
-        raise ValueError(f"--inception-weights {path} is not an Inception-v3 state dict: "
+        raise InputError(f"--inception-weights {path} is not an Inception-v3 state dict: "
                          f"{'; '.join(p for p in parts if p)}; {fix}")
     network.load_state_dict({k: v.float() for k, v in given.items()}, strict=False)
     return network.to(device).eval()

@@ -11,8 +11,10 @@ import torch
 from scipy import linalg, ndimage
 from skimage import filters, measure
 
+from napari_cellflux.errors import InputError
+
 # --------------------------------------------------------------------------------------------
-# Images for FID / KID (FACTS.md, Evaluation protocol)
+# Images for FID / KID (docs/method.md, Evaluation protocol)
 
 # RxRx1 6 -> 3 channels (1-based): R = c3 + c5/2 + c6/2, G = c2 + c4/2 + c6/2, B = c1 + c4/2 + c5/2.
 RXRX1_TO_RGB = np.array(
@@ -32,12 +34,12 @@ def rgb_matrix(data_format: str, channels: int) -> np.ndarray:
     """
     if data_format == "rxrx1":
         if channels != 6:
-            raise ValueError(f"the RxRx1 colour mapping needs 6 channels, the cells have {channels}")
+            raise InputError(f"the RxRx1 colour mapping needs 6 channels, the cells have {channels}")
         return RXRX1_TO_RGB.copy()
     if data_format == "bbbc021" and channels != 3:
-        raise ValueError(f"BBBC021 cells have 3 channels, these have {channels}; pick the right --format")
+        raise InputError(f"BBBC021 cells have 3 channels, these have {channels}; pick the right --format")
     if data_format == "cpg0000" and channels < 3:
-        raise ValueError(f"cpg0000 (JUMP) cells have 5 channels, these have {channels}; pick the right --format")
+        raise InputError(f"cpg0000 (JUMP) cells have 5 channels, these have {channels}; pick the right --format")
     matrix = np.zeros((3, channels))
     if channels == 1:
         matrix[:, 0] = 1.0
@@ -51,7 +53,7 @@ def to_inception_rgb(pixels: np.ndarray, matrix: np.ndarray) -> torch.Tensor:
     """uint8 cells (N, C, H, W) -> float32 RGB (N, 3, H, W) in [0, 1]: the 8-bit values / 255,
     mixed by ``matrix`` (3, C) and clamped to [0, 1]."""
     if pixels.dtype != np.uint8:
-        raise ValueError(f"FID/KID images must be 8-bit (uint8), got {pixels.dtype}")
+        raise InputError(f"FID/KID images must be 8-bit (uint8), got {pixels.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
     rgb = torch.einsum("rc,nchw->nrhw", torch.as_tensor(matrix, dtype=torch.float32), x)
     return rgb.clamp_(0.0, 1.0)
@@ -65,7 +67,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (D,) and unbiased covariance (D, D) of (N, D) features, N >= 2."""
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) < 2:
-        raise ValueError(f"need at least 2 feature vectors (N, D), got shape {features.shape}")
+        raise InputError(f"need at least 2 feature vectors (N, D), got shape {features.shape}")
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -79,7 +81,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"statistics differ in shape: {mu1.shape} / {mu2.shape}, {sigma1.shape} / {sigma2.shape}")
+        raise InputError(f"statistics differ in shape: {mu1.shape} / {mu2.shape}, {sigma1.shape} / {sigma2.shape}")
     diff = mu1 - mu2
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -101,7 +103,7 @@ def fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """
     a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two sets of >= 2 feature vectors of one dimension, got shapes {a.shape} and {b.shape}")
+        raise InputError(f"need two sets of >= 2 feature vectors of one dimension, got shapes {a.shape} and {b.shape}")
     n, m, d = len(a), len(b), a.shape[1]
     if n * m >= d * d:
         return frechet_distance(*feature_statistics(a), *feature_statistics(b))
@@ -137,7 +139,7 @@ def kid(
     is only one distinct subset and it is computed once (std 0)."""
     a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
     if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"KID needs at least 2 feature vectors per set, got {len(a)} and {len(b)}")
+        raise InputError(f"KID needs at least 2 feature vectors per set, got {len(a)} and {len(b)}")
     n, m = min(subset_size, len(a)), min(subset_size, len(b))
     if n == len(a) and m == len(b):
         return mmd2_unbiased(a, b), 0.0
@@ -247,9 +249,9 @@ def measure_cells(pixels: np.ndarray, nuclear_channel: int = 0) -> pd.DataFrame:
     one row per cell, columns :func:`morphology_columns`."""
     pixels = np.asarray(pixels)
     if pixels.ndim != 4:
-        raise ValueError(f"cells must be (N, C, H, W), got shape {pixels.shape}")
+        raise InputError(f"cells must be (N, C, H, W), got shape {pixels.shape}")
     if not 0 <= nuclear_channel < pixels.shape[1]:
-        raise ValueError(f"nuclear channel {nuclear_channel} does not exist in {pixels.shape[1]}-channel cells")
+        raise InputError(f"nuclear channel {nuclear_channel} does not exist in {pixels.shape[1]}-channel cells")
     rows = [measure_cell(cell, nuclear_channel) for cell in pixels]
     return pd.DataFrame(rows, columns=morphology_columns(pixels.shape[1]))
 
@@ -271,7 +273,7 @@ class LogisticClassifier:
         labels = np.asarray(labels).astype(str)
         self.classes = np.array(sorted(set(labels)))
         if len(self.classes) < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {list(self.classes)}")
+            raise InputError(f"a classifier needs at least 2 classes, got {list(self.classes)}")
         self.mean = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
         self.mean = np.where(np.isfinite(self.mean), self.mean, 0.0)
         filled = self._fill(x)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
+from napari_cellflux.errors import InputError
 
 MAX_EXAMPLE_PERTURBATIONS = 24
 EXAMPLES_PER_ROW = 8
@@ -32,7 +33,7 @@ def check_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as err:
-        raise ValueError("--report needs matplotlib: pip install matplotlib (or leave out --report)") from err
+        raise InputError("--report needs matplotlib: pip install matplotlib (or leave out --report)") from err
 
 
 def _figure(width: float, height: float):

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from napari_cellflux.atomic import atomic_write, atomic_write_text
+from napari_cellflux.atomic import atomic_write, atomic_write_text, check_writable
 from napari_cellflux.core.flow import flow_matching_loss, sample_t_skewed, x_t
 from napari_cellflux.core.unet import UNet, UNetConfig, preset
+from napari_cellflux.errors import CellFluxError, InputError, run_main
 from napari_cellflux.models.channels import parse_channels
 from napari_cellflux.models.model_file import CellFluxModel, save_model
-from napari_cellflux.errors import CellFluxError, run_main
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
 
@@ -61,7 +62,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig, device, amp_dtype) -> torch.Tensor:
-    """One flow-matching loss on a batch of (control, target) pairs (FACTS.md, Training)."""
+    """One flow-matching loss on a batch of (control, target) pairs (docs/method.md, Training)."""
     o = cfg.optim
     x0 = batch["control"].to(device, non_blocking=True)
     x1 = batch["target"].to(device, non_blocking=True)
@@ -107,15 +108,56 @@ def save_state(path: Path, unet: UNet, ema: EMA, optimizer, scaler, step: int, e
         "scaler": scaler.state_dict(),
         "config": cfg.to_dict(),
     }
-    with atomic_write(path) as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+    except RuntimeError as err:  # torch reports a failed write as "unexpected pos ..."
+        raise CellFluxError(f"could not write {path} ({str(err).splitlines()[0]}); the disk may be full: free space "
+                            "and resume with --resume (the last checkpoint is intact)") from None
 
 
 def load_state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot resume from {path}: {str(err).splitlines()[0]}; delete it to start afresh") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch's own text can suggest unsafe loading; never pass it on
+        raise InputError(f"cannot resume from {path}: it is not a readable training state (damaged or foreign); "
+                         "delete the run folder's state.pt to start afresh") from None
+    if not isinstance(state, dict) or not {"step", "model", "ema", "optimizer"} <= set(state):
+        raise InputError(f"cannot resume from {path}: not a training state of this program; use another run.out")
+    return state
+
+
+# Settings that may differ on --resume: they change when and where the run works, not what it
+# computes (sampling.* too: the defaults the model file recommends, not part of training).
+RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "run.checkpoint_every", "run.log_every", "run.device",
+                     "run.threads", "data.num_workers", "run.out")
+
+
+def check_resumable(saved: dict, now: dict, path: Path) -> None:
+    """Refuse to resume with settings that would make the run another run (the restored optimizer,
+    data position and weights belong to the saved ones), naming each key that differs."""
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "overrides" else
+                       {f"{prefix}{key}": json.loads(json.dumps(value))})
+        return out
+
+    a, b = flat(saved), flat(now)
+    differ = sorted(k for k in set(a) | set(b)
+                    if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("sampling."))
+    if differ:
+        shown = "; ".join(f"{k}: saved {a.get(k)!r}, now {b.get(k)!r}" for k in differ[:5])
+        raise InputError(
+            f"cannot resume {path}: {shown}{' ...' if len(differ) > 5 else ''}. Resume with the saved settings "
+            f"(only {', '.join(RESUMABLE_CHANGES[:4])} ... may change), or start a new run in another run.out"
+        )
+
+
+def remove_stale_parts(out: Path) -> None:
+    """Delete temporary files of writes a killed run never finished (a paper-model state is ~0.9 GB)."""
+    for part in out.glob(".*.part"):
+        part.unlink(missing_ok=True)
 
 
 class MetricsLog:
@@ -173,9 +215,19 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainR
 
 def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, ddp: Distributed) -> TrainResult:
     out = Path(cfg.run.out)
-    data = load_training_data(cfg.data, image_size=cfg.model.image_size, seed=cfg.run.seed, build=ddp.is_main)
+    state_path = out / STATE_FILE
+    if ddp.is_main:
+        check_writable(out, what="run.out", folder=True)
+        if not resume and state_path.is_file():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another run.out")
+        if resume and not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out}; run without --resume to start")
+        remove_stale_parts(out)
+        # Rank 0 builds the synthetic screen (atomically) before any other rank reads it.
+        data = load_training_data(cfg.data, image_size=cfg.model.image_size, seed=cfg.run.seed, build=True)
     if ddp.world_size > 1:
-        dist.barrier()  # the synthetic screen is built by rank 0
+        dist.barrier()
+    if not ddp.is_main:
         data = load_training_data(cfg.data, image_size=cfg.model.image_size, seed=cfg.run.seed, build=False)
 
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
@@ -190,18 +242,16 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
         total_steps = cfg.optim.epochs * data.batches_per_epoch(cfg.optim.batch_size, ddp.world_size)
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    state_path = out / STATE_FILE
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no {STATE_FILE} in {out}; run without --resume to start")
         state = load_state(state_path)
+        check_resumable(state.get("config", {}), cfg.to_dict(), state_path)
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-    elif state_path.is_file():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another run.out")
+        if ddp.is_main:  # a crash between the two checkpoint writes leaves the model file behind the state
+            export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch)
 
     model = DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else unet
     log = None

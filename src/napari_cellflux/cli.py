@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("verify-parity", help="check this implementation against a fixture made with the authors' code")
-    p.add_argument("fixture", type=Path, help="parity fixture (.pt), e.g. shared/reference/official_small_golden.pt")
+    p.add_argument("fixture", type=Path, help="parity fixture (.pt), e.g. tests/fixtures/parity_golden.pt")
     p.add_argument("--tol", type=float, default=1e-5, help="largest allowed max-abs error (default 1e-5)")
     p.set_defaults(run=cmd_verify_parity)
 

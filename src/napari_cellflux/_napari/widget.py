@@ -26,7 +26,7 @@ from napari_cellflux._napari.jobs import generation_job, load_job
 from napari_cellflux._napari.qt_helpers import chosen_path, note, row
 from napari_cellflux._napari.sections import ControlsBox, ModelBox, PerturbationBox, SamplingBox
 from napari_cellflux._napari.writer import LAYER_KEY
-from napari_cellflux.errors import InputError
+from napari_cellflux.errors import InputError, describe
 
 if TYPE_CHECKING:
     import napari
@@ -36,11 +36,6 @@ if TYPE_CHECKING:
 
 SLIDER_TICKS = 1000  # resolution of the t slider over [0, 1]
 SPACING = 16  # world px between the controls grid, the generated grid and other layers
-
-
-def _message(err: BaseException) -> str:
-    # str(KeyError) adds quotes around the message
-    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 class CellFluxWidget(QWidget):
@@ -125,8 +120,9 @@ class CellFluxWidget(QWidget):
         self.slider.setEnabled(self._result is not None)
 
     def _fail(self, err: BaseException) -> None:
-        """Report on the status line and as a napari notification."""
-        message = _message(err)
+        """Report on the status line and as a napari notification: the package's one-line text for
+        a user's error (errors.describe), the exception's own for a bug."""
+        message = describe(err) or f"{type(err).__name__}: {err} (a bug: please report it)"
         self.status.setText(message)
         show_error(f"CellFlux: {message}")
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_cellflux.errors import InputError
+
 SPLITS = ("train", "test")
 COLUMNS = ("path", "perturbation", "batch", "is_control", "split", "line")
 # Files with these suffixes store one cell as (H, W, C) (IMPA .npy) or (C, H, W) (plain TIFF).
@@ -66,7 +68,7 @@ class CellTable:
         known = {p.lower() for p in self.perturbations}
         unknown = sorted(held - known)
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"held-out perturbations {unknown} are not treated perturbations of {self.source}; "
                 f"check the spelling (known: {', '.join(self.perturbations[:20])}...)"
             )
@@ -77,7 +79,7 @@ class CellTable:
 
 def check_split_name(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} (or None for all cells), got {split!r}")
+        raise InputError(f"split must be one of {SPLITS} (or None for all cells), got {split!r}")
 
 
 def make_cell_table(
@@ -94,16 +96,16 @@ def make_cell_table(
     perturbation/batch, a split other than train/test, and (``check_files``) a missing file.
     """
     if frame.empty:
-        raise ValueError(f"{source} lists no cells; it needs a header line and one line per cell")
+        raise InputError(f"{source} lists no cells; it needs a header line and one line per cell")
     for column, label in (("perturbation", "perturbation"), ("batch", "batch"), ("path", "file")):
         bad = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
         if bad.any():
             line = int(frame.loc[bad, "line"].iloc[0])
-            raise ValueError(f"{source} line {line}: the {label} is empty ({int(bad.sum())} such lines); fill it in")
+            raise InputError(f"{source} line {line}: the {label} is empty ({int(bad.sum())} such lines); fill it in")
     bad_split = ~frame["split"].isin(SPLITS)
     if bad_split.any():
         first = frame[bad_split].iloc[0]
-        raise ValueError(
+        raise InputError(
             f"{source} line {int(first['line'])}: split {first['split']!r} is not one of {SPLITS} "
             f"({int(bad_split.sum())} such lines); use 'train' or 'test'"
         )
@@ -141,7 +143,7 @@ def load_cell(path: str | Path) -> np.ndarray:
     if suffix in NPY_SUFFIXES:
         pixels = np.load(path, allow_pickle=False)
         if pixels.ndim != 3:
-            raise ValueError(f"cell file {path}: expected a (H, W, C) array, got shape {pixels.shape}")
+            raise InputError(f"cell file {path}: expected a (H, W, C) array, got shape {pixels.shape}")
         pixels = np.moveaxis(pixels, -1, 0)
     elif suffix in TIFF_SUFFIXES:
         import tifffile
@@ -149,16 +151,16 @@ def load_cell(path: str | Path) -> np.ndarray:
         pixels = tifffile.imread(path)
         pixels = pixels[None] if pixels.ndim == 2 else pixels
         if pixels.ndim != 3:
-            raise ValueError(f"cell file {path}: expected a (C, H, W) TIFF, got shape {pixels.shape}")
+            raise InputError(f"cell file {path}: expected a (C, H, W) TIFF, got shape {pixels.shape}")
         if pixels.shape[-1] < pixels.shape[0] and pixels.shape[-1] <= 8:
-            raise ValueError(
+            raise InputError(
                 f"cell file {path}: shape {pixels.shape} looks like (H, W, C); the plain format stores "
                 "(C, H, W): write np.moveaxis(crop, -1, 0)"
             )
     else:
-        raise ValueError(f"cell file {path}: unknown suffix {suffix!r}; expected .npy (H, W, C) or .tif (C, H, W)")
+        raise InputError(f"cell file {path}: unknown suffix {suffix!r}; expected .npy (H, W, C) or .tif (C, H, W)")
     if pixels.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"cell file {path}: dtype {pixels.dtype}, expected uint8 (0-255); rescale it to 8 bits "
             "(cellflux extract does this with a recorded scaling)"
         )

@@ -1,12 +1,15 @@
-"""Training pairs: each treated cell with a random control cell of the same batch (FACTS: pairing).
+"""Training pairs: each treated cell with a random control cell of the same batch
+(docs/method.md, Data and pre-processing).
 
 Control and target are never matched individually (flow matching maps distributions), so a
-fresh control is drawn at every access.
+fresh control is drawn at every access. :func:`same_batch_controls` is the one rule of which
+controls a cell may get, for training and evaluation; :func:`draw_controls` draws them in bulk.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +17,50 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_cellflux.data.cells import CellTable, load_cell
+from napari_cellflux.errors import InputError, UnknownNameError
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.models.vocabulary import Vocabulary
+
+
+def same_batch_controls(table: CellTable, batches: Iterable[str], split: str | None = None, *,
+                        other_split: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rows of ``table.cells`` of the control cells of each of ``batches`` (in that order) in
+    ``split`` (None: all), and notes.
+
+    other_split: a batch with no controls in ``split`` takes those of its other split, and a note
+    says so (evaluation). A batch left without controls is an error.
+    """
+    cells = table.cells
+    is_control = cells["is_control"].to_numpy()
+    in_batch = cells["batch"].to_numpy()
+    in_split = is_control if split is None else is_control & (cells["split"].to_numpy() == split)
+    pools, notes = {}, []
+    for batch in batches:
+        pool = np.flatnonzero(in_split & (in_batch == batch))
+        if len(pool) == 0 and other_split and split is not None:
+            pool = np.flatnonzero(is_control & (in_batch == batch))
+            if len(pool):
+                notes.append(f"batch {batch}: no control cells in split {split!r}; controls drawn from its other split")
+        pools[str(batch)] = pool
+    empty = [b for b, rows in pools.items() if len(rows) == 0]
+    if empty:
+        scope = f" in split {split!r}" if split is not None and not other_split else ""
+        more = f" ({len(empty)} such batches)" if len(empty) > 1 else ""
+        raise InputError(
+            f"{table.source}: batch {empty[0]!r} has treated cells but no control cells{scope}{more}; controls are "
+            "drawn from the same batch, so add control cells to it or leave its treated cells out"
+        )
+    return pools, notes
+
+
+def draw_controls(target_batches: np.ndarray, pools: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """int64 (N,): a random control row (with replacement) of each target's batch; one
+    ``rng.choice`` per batch, in the order of ``pools``."""
+    controls = np.empty(len(target_batches), dtype=np.int64)
+    for batch, pool in pools.items():
+        mine = np.flatnonzero(target_batches == batch)
+        controls[mine] = rng.choice(pool, len(mine), replace=True)
+    return controls
 
 
 @dataclass(frozen=True)
@@ -58,16 +103,18 @@ class CellPairDataset(Dataset):
         normalization: Normalization = Normalization(),
     ) -> None:
         if not 0.0 <= config.flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {config.flip_prob}")
+            raise InputError(f"flip_prob must be in [0, 1], got {config.flip_prob}")
         self.table = table.select(config.split, config.held_out)
         self.config = config
         self.normalization = normalization
         cells = self.table.cells
         self.targets = np.flatnonzero(~cells["is_control"].to_numpy())
         if len(self.targets) == 0:
-            raise ValueError(f"{table.source}: no treated cells in split {config.split!r}; check the split and STATE")
+            raise InputError(f"{table.source}: no treated cells in split {config.split!r}; check the split and STATE")
         self.perturbation_index = self._vocabulary_rows(vocabulary)
-        self.controls_by_batch = self._controls_by_batch()
+        batches = np.unique(cells["batch"].to_numpy()[self.targets])
+        # The table is already cut to the split; the split names it in errors.
+        self.controls_by_batch, _ = same_batch_controls(self.table, batches, config.split)
         self.shape = self._expected_shape()
         self._generator: torch.Generator | None = None
         self._generator_pid: int | None = None
@@ -97,7 +144,7 @@ class CellPairDataset(Dataset):
         path = self.table.cells["path"].iloc[position]
         pixels = load_cell(path)
         if pixels.shape != self.shape:
-            raise ValueError(
+            raise InputError(
                 f"{self.table.where(position)}: cell file {path} has shape (C, H, W) = {pixels.shape}, "
                 f"expected {self.shape} like the other cells; re-export it with that size and channel count"
             )
@@ -115,31 +162,17 @@ class CellPairDataset(Dataset):
                 rows[name] = vocabulary.index(name)
             except KeyError as err:
                 position = int(self.targets[names.tolist().index(name)])
-                raise KeyError(
+                raise UnknownNameError(
                     f"{self.table.where(position)}: perturbation {name!r} has no embedding ({err.args[0]}); "
                     "add its row to the embedding CSV or list it in held_out"
                 ) from None
         return np.array([rows[n] for n in names], dtype=np.int64)
 
-    def _controls_by_batch(self) -> dict[str, np.ndarray]:
-        cells = self.table.cells
-        is_control = cells["is_control"].to_numpy()
-        batches = cells["batch"].to_numpy()
-        by_batch = {str(b): np.flatnonzero(is_control & (batches == b)) for b in np.unique(batches[self.targets])}
-        empty = [b for b, ids in by_batch.items() if len(ids) == 0]
-        if empty:
-            raise ValueError(
-                f"{self.table.source}: batch {empty[0]!r} has treated cells but no control cells in split "
-                f"{self.config.split!r} ({len(empty)} such batches); controls are drawn from the same batch, so "
-                "add control cells to it or drop its treated cells"
-            )
-        return by_batch
-
     def _expected_shape(self) -> tuple[int, int, int]:
         first = int(self.targets[0])
         shape = load_cell(self.table.cells["path"].iloc[first]).shape
         if self.table.channels is not None and shape[0] != self.table.channels:
-            raise ValueError(
+            raise InputError(
                 f"{self.table.where(first)}: cell file {self.table.cells['path'].iloc[first]} has {shape[0]} "
                 f"channels, expected {self.table.channels}; pass channels= to the reader if the data differ"
             )

@@ -1,7 +1,8 @@
 """Single cells from a whole field: segment nuclei, crop fixed-size patches centred on them, scale to uint8.
 
-Crops are centred on nucleus centroids like the published crops (FACTS: 96 x 96). Cells whose
-crop would leave the image are dropped rather than padded, so no crop shows an artificial edge.
+Crops are centred on nucleus centroids like the paper's 96 x 96 crops (docs/method.md,
+Datasets). Cells whose crop would leave the image are dropped rather than padded, so no crop shows
+an artificial edge.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_cellflux.atomic import atomic_write_text
+from napari_cellflux.data.images import read_tiff
 from napari_cellflux.data.intensity import IntensityScaling, scale_to_uint8
 from napari_cellflux.data.plain import write_plain
+from napari_cellflux.errors import InputError
 
 MAX_CHANNELS = 8  # an axis this short is taken for channels when guessing the layout
 RECORD_NAME = "extraction.json"
@@ -63,12 +66,12 @@ def as_channels_first(image: np.ndarray, channel_axis: int | None = None, name: 
     if image.ndim == 2:
         return image[None]
     if image.ndim != 3:
-        raise ValueError(f"{name}: shape {image.shape}; expected (H, W), (C, H, W) or (H, W, C) (one plane, no Z/T)")
+        raise InputError(f"{name}: shape {image.shape}; expected (H, W), (C, H, W) or (H, W, C) (one plane, no Z/T)")
     if channel_axis is None:
         front = image.shape[0] <= MAX_CHANNELS < min(image.shape[1:])
         back = image.shape[-1] <= MAX_CHANNELS < min(image.shape[:2])
         if front == back:
-            raise ValueError(
+            raise InputError(
                 f"{name}: cannot tell the channel axis of shape {image.shape}; pass channel_axis (0 or -1)"
             )
         channel_axis = 0 if front else -1
@@ -128,8 +131,10 @@ def extract_cells(
 
     name = str(image) if isinstance(image, (str, Path)) else "image"
     field_image = as_channels_first(_read(image), channel_axis, name)
+    if field_image.dtype.kind == "f" and not np.isfinite(field_image).all():
+        raise InputError(f"{name}: the image holds NaN or infinite pixels; repair the field (or mask those pixels to 0)")
     if not 0 <= config.nucleus_channel < field_image.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{name}: nucleus_channel {config.nucleus_channel} does not exist (the image has "
             f"{field_image.shape[0]} channels); pick the DNA stain's channel"
         )
@@ -140,7 +145,7 @@ def extract_cells(
     )
     props = measure.regionprops_table(labels, properties=("label", "centroid"))
     if len(props["label"]) == 0:
-        raise ValueError(
+        raise InputError(
             f"{name}: no nuclei found; check that channel {config.nucleus_channel} is the DNA stain, "
             "lower min_area, or pass labels from another segmentation"
         )
@@ -150,7 +155,7 @@ def extract_cells(
     height, width = labels.shape
     inside = np.all((corner >= 0) & (corner + size <= np.array([height, width])), axis=1)
     if not inside.any():
-        raise ValueError(
+        raise InputError(
             f"{name}: all {len(inside)} nuclei lie within {half} px of the border, so no {size} x {size} crop "
             "fits; use a larger field or a smaller crop_size"
         )
@@ -171,12 +176,10 @@ def extract_cells(
 def _read(image: np.ndarray | str | Path) -> np.ndarray:
     if not isinstance(image, (str, Path)):
         return np.asarray(image)
-    import tifffile
-
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"field image {path} does not exist")
-    return tifffile.imread(path)
+    return read_tiff(path)
 
 
 def _check_labels(labels: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -184,13 +187,13 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], name: str) -> np.n
 
     labels = np.asarray(labels)
     if labels.shape != tuple(shape):
-        raise ValueError(
+        raise InputError(
             f"{name}: labels have shape {labels.shape} but the image is {tuple(shape)}; give labels of the same field"
         )
     if labels.dtype == bool:
         return measure.label(labels).astype(np.int32)
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        raise ValueError(f"{name}: labels must be non-negative integers (0 = background), got {labels.dtype}")
+        raise InputError(f"{name}: labels must be non-negative integers (0 = background), got {labels.dtype}")
     return labels.astype(np.int32)
 
 

@@ -15,12 +15,13 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from napari_cellflux.data.cells import CellTable, make_cell_table
+from napari_cellflux.errors import InputError
 
 
 def _split_key(key: str, parts: int) -> list[str]:
     pieces = key.split("_")
     if len(pieces) < parts:
-        raise ValueError(f"SAMPLE_KEY {key!r} has {len(pieces)} '_'-separated parts, expected at least {parts}")
+        raise InputError(f"SAMPLE_KEY {key!r} has {len(pieces)} '_'-separated parts, expected at least {parts}")
     return pieces
 
 
@@ -33,7 +34,7 @@ def bbbc021_key_path(key: str) -> PurePosixPath:
 def rxrx1_key_path(key: str) -> PurePosixPath:
     """``U2OS-01_3_J09_s1_19`` -> ``01_3/J09/s1_19.npy`` (the cell line before '-' is dropped)."""
     if "-" not in key:
-        raise ValueError(f"SAMPLE_KEY {key!r} has no '-'; RxRx1 keys look like U2OS-01_3_J09_s1_19")
+        raise InputError(f"SAMPLE_KEY {key!r} has no '-'; RxRx1 keys look like U2OS-01_3_J09_s1_19")
     experiment, plate, well, *rest = _split_key(key.split("-", 1)[1], 4)
     return PurePosixPath(f"{experiment}_{plate}", well, "_".join(rest) + ".npy")
 
@@ -94,11 +95,11 @@ def read_impa(
     try:
         raw = pd.read_csv(source, index_col=0, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise ValueError(f"metadata CSV {source} is empty; it needs a header line and one line per cell") from None
+        raise InputError(f"metadata CSV {source} is empty; it needs a header line and one line per cell") from None
     required = ["SAMPLE_KEY", "SPLIT", conv.perturbation_column, conv.batch_column, conv.state_column]
     missing = [c for c in required if c not in raw.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"metadata CSV {source} lacks columns {missing} needed by the {conv.name} convention "
             f"(it has {list(raw.columns)}); pick the right convention or fix the header"
         )
@@ -108,7 +109,7 @@ def read_impa(
     unknown = ~is_control & ~state.isin(conv.treated_values)
     if unknown.any():
         first = int(unknown.to_numpy().argmax())
-        raise ValueError(
+        raise InputError(
             f"{source} line {lines[first]}: {conv.state_column} = {state.iloc[first]!r} is neither control "
             f"{conv.control_values} nor treated {conv.treated_values} ({int(unknown.sum())} such lines); "
             "fix the value or drop the line"
@@ -138,11 +139,11 @@ def _convention(convention: str | ImpaConvention) -> ImpaConvention:
     try:
         return CONVENTIONS[str(convention).lower()]
     except KeyError:
-        raise ValueError(f"unknown IMPA convention {convention!r}; use one of {sorted(CONVENTIONS)}") from None
+        raise InputError(f"unknown IMPA convention {convention!r}; use one of {sorted(CONVENTIONS)}") from None
 
 
 def _cell_path(root: Path, conv: ImpaConvention, key: str, source: Path, line: int) -> str:
     try:
         return str(root / conv.key_to_path(key.strip()))
     except ValueError as err:
-        raise ValueError(f"{source} line {line}: {err}; fix the key or pick the right convention") from None
+        raise InputError(f"{source} line {line}: {err}; fix the key or pick the right convention") from None

@@ -1,8 +1,8 @@
 """Raw microscope intensities -> uint8, with the mapping recorded so it can be reported and reused.
 
-The model sees uint8 crops (FACTS: IMPA preprocessing). The mapping is computed on the whole
-field, never per crop: per-crop stretching would erase the intensity differences between cells
-that a perturbation causes.
+The model sees uint8 crops (IMPA's preprocessing, which CellFlux reads). The mapping is computed
+on the whole field, never per crop: per-crop stretching would erase the intensity differences
+between cells that a perturbation causes.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from napari_cellflux.errors import InputError
 
 MODES = ("percentile", "range")
 
@@ -32,9 +34,9 @@ class IntensityScaling:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"intensity scaling mode must be one of {MODES}, got {self.mode!r}")
+            raise InputError(f"intensity scaling mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "percentile" and not 0.0 <= float(self.low) < float(self.high) <= 100.0:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
+            raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
 
 
 def scale_to_uint8(image: np.ndarray, scaling: IntensityScaling = IntensityScaling()) -> tuple[np.ndarray, dict]:
@@ -54,7 +56,7 @@ def scale_to_uint8(image: np.ndarray, scaling: IntensityScaling = IntensityScali
     flat = np.flatnonzero(high <= low)
     if flat.size:
         c = int(flat[0])
-        raise ValueError(
+        raise InputError(
             f"channel {c}: the intensity range maps {low[c]:g}..{high[c]:g} to 0..255, which is empty "
             "(a blank channel, or low >= high); check the channel or give a fixed range with high > low"
         )

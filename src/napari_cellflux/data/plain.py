@@ -38,10 +38,10 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
     try:
         raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise ValueError(f"plain-format CSV {source} is empty; it needs the header {','.join(REQUIRED)}") from None
+        raise InputError(f"plain-format CSV {source} is empty; it needs the header {','.join(REQUIRED)}") from None
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"plain-format CSV {source} lacks columns {missing}; the header must contain {','.join(REQUIRED)}"
         )
     lines = np.arange(2, len(raw) + 2)  # line 1 is the header
@@ -49,7 +49,7 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
     bad = ~flag.isin(_TRUE | _FALSE)
     if bad.any():
         first = int(bad.to_numpy().argmax())
-        raise ValueError(
+        raise InputError(
             f"{source} line {lines[first]}: is_control = {raw['is_control'].iloc[first]!r}; write true or false"
         )
     frame = pd.DataFrame(
@@ -111,7 +111,7 @@ def write_plain(
     out_dir = Path(out_dir)
     crops = np.asarray(crops)
     if crops.ndim != 4 or crops.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"crops must be a uint8 array (N, C, H, W), got {crops.dtype} {crops.shape}; "
             "scale to 8 bits first (see napari_cellflux.data.intensity)"
         )
@@ -154,5 +154,5 @@ def _per_crop(value, n: int, name: str) -> list:
         return [value] * n
     values = list(value)
     if len(values) != n:
-        raise ValueError(f"{name}: got {len(values)} values for {n} crops; give one value or one per crop")
+        raise InputError(f"{name}: got {len(values)} values for {n} crops; give one value or one per crop")
     return values

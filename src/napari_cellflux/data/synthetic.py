@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
 from napari_cellflux.data.cells import CellTable
 from napari_cellflux.data.drawing import CellParameters, draw_cells
 from napari_cellflux.data.impa import bbbc021_key_path, read_impa
+from napari_cellflux.errors import InputError
 
 if TYPE_CHECKING:
     from napari_cellflux.models.vocabulary import Vocabulary
@@ -134,15 +138,15 @@ class SyntheticScreenConfig:
 
     def __post_init__(self) -> None:
         if self.image_size < 16 or self.channels < 1 or self.batches < 1:
-            raise ValueError("image_size must be >= 16 and channels, batches >= 1")
+            raise InputError("image_size must be >= 16 and channels, batches >= 1")
         if min(self.controls_per_batch, self.cells_per_perturbation) < 2:
-            raise ValueError("controls_per_batch and cells_per_perturbation must be >= 2 (one train, one test)")
+            raise InputError("controls_per_batch and cells_per_perturbation must be >= 2 (one train, one test)")
         if not 0.0 <= self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+            raise InputError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         names = [p.name for p in self.perturbations]
         unknown = set(self.held_out) - set(names)
         if unknown:
-            raise ValueError(f"held_out {sorted(unknown)} are not among the perturbations {names}")
+            raise InputError(f"held_out {sorted(unknown)} are not among the perturbations {names}")
 
 
 @dataclass(frozen=True)
@@ -240,8 +244,26 @@ def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = S
     names, true effects, batch artefacts). The same config (seed included) gives identical bytes.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; write a synthetic screen into a new or empty folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} is not empty; write a synthetic screen into a new or empty folder")
+    # Built beside its destination and renamed into place, so a killed build leaves no half
+    # screen that a reader (another torchrun rank, a rerun) could take for a whole one.
+    for stale in out.parent.glob(f".{out.name}.building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    building = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
+    try:
+        building.mkdir(parents=True)
+        _write_screen(building, config)
+        if out.exists():
+            out.rmdir()
+        os.replace(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_screen(out: Path, config: SyntheticScreenConfig) -> None:
     rng = np.random.default_rng(config.seed)
     plan = plan_screen(config, rng)
     for chunk, pixels in draw_screen(plan, config, rng):
@@ -271,7 +293,6 @@ def make_synthetic_screen(out_dir: str | Path, config: SyntheticScreenConfig = S
     truth = _ground_truth(metadata, plan.params, plan.gains[batch_of], plan.offsets[batch_of], config.channels)
     atomic_write_text(out / "ground_truth.csv", truth.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "screen.json", json.dumps(_describe(config, plan.gains, plan.offsets), indent=2, sort_keys=True))
-    return out
 
 
 def read_synthetic_screen(path: str | Path) -> SyntheticScreen:

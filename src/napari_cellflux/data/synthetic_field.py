@@ -16,6 +16,7 @@ from napari_cellflux.data.synthetic import (
     channel_names,
     sample_cell_parameters,
 )
+from napari_cellflux.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def make_synthetic_field(
     if perturbation is not None and perturbation.lower() != CONTROL_NAME.lower():
         by_name = {p.name.lower(): p for p in perturbations}
         if perturbation.lower() not in by_name:
-            raise ValueError(f"unknown perturbation {perturbation!r}; choose one of {sorted(by_name)} or None (DMSO)")
+            raise InputError(f"unknown perturbation {perturbation!r}; choose one of {sorted(by_name)} or None (DMSO)")
         effect = by_name[perturbation.lower()]
     height, width = shape
     radius = morphology.nuclear_radius * cell_size

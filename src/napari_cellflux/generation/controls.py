@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from napari_cellflux.data.extract import ExtractionConfig
     from napari_cellflux.models.model_file import CellFluxModel
 
-# The extraction defaults are tuned for the published 96 x 96 crops (FACTS); lengths scale with
-# the crop side because a model trained on S-px crops expects cells imaged at that scale.
+# The extraction defaults are tuned for the paper's 96 x 96 crops (docs/method.md, Datasets);
+# lengths scale with the crop side because a model trained on S-px crops expects cells imaged at
+# that scale.
 REFERENCE_CROP_SIZE = 96
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cellflux.data.images import load_npy, read_tiff
 from napari_cellflux.errors import InputError
 
 CROP_SUFFIXES = (".npy", ".tif", ".tiff")
@@ -33,27 +34,9 @@ def to_nchw(array: np.ndarray, channels: int, source: str = "crops") -> np.ndarr
     )
 
 
-def load_npy(path: Path) -> np.ndarray:
-    """A plain numeric .npy array; pickled objects are never loaded (they could run code)."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "allow_pickle" in str(err):
-            raise InputError(f"{path}: holds Python objects, not a numeric array; save the crops as a plain "
-                             "uint8 array (numpy.save of an (N, C, H, W) array)") from None
-        raise InputError(f"{path}: not a readable .npy array ({err}); it may be truncated: save it again") from None
-    except (OSError, EOFError) as err:
-        raise InputError(f"{path}: not a readable .npy file ({err}); save it again") from None
-    if array.dtype.kind not in "uif":
-        raise InputError(f"{path}: holds {array.dtype} values, not pixel numbers; save a numeric array")
-    return array
-
-
 def read_crops(path: str | Path, channels: int) -> np.ndarray:
     """Crops from a .npy / .tif stack, or from a folder of such files (one cell or stack each),
     as an (N, C, H, W) array of stored pixel values."""
-    import tifffile
-
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in CROP_SUFFIXES)
@@ -71,10 +54,7 @@ def read_crops(path: str | Path, channels: int) -> np.ndarray:
     if suffix == ".npy":
         array = load_npy(path)
     elif suffix in (".tif", ".tiff"):
-        try:
-            array = tifffile.imread(path)
-        except Exception as err:  # tifffile raises many types for a damaged file
-            raise InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again") from None
+        array = read_tiff(path)
     else:
         raise InputError(f"{path}: unsupported crop file type {suffix!r}; use .npy or .tif")
     return to_nchw(array, channels, source=str(path))

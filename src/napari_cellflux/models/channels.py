@@ -22,7 +22,7 @@ def _channels(*pairs: str) -> tuple[Channel, ...]:
     return tuple(Channel(*pair.split(":")) for pair in pairs)
 
 
-# Stains of the published screens (FACTS.md datasets); the cpg0000 order is that of the
+# Stains of the published screens (docs/method.md, Datasets); the cpg0000 order is that of the
 # JUMP load_data tables (DNA, ER, RNA, AGP, Mito).
 DATASET_CHANNELS: dict[str, tuple[Channel, ...]] = {
     "bbbc021": _channels("DNA:blue", "tubulin:green", "actin:red"),

@@ -1,4 +1,5 @@
-"""Mapping between stored pixel values and the model's [-1, 1] space (FACTS: IMPA preprocessing)."""
+"""Mapping between stored pixel values and the model's [-1, 1] space (docs/method.md, Data and
+pre-processing)."""
 
 from __future__ import annotations
 

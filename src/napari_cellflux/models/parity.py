@@ -1,6 +1,6 @@
 """Parity with the authors' code: recompute a fixture's reference outputs and report the errors.
 
-A fixture (layout of ``shared/reference/official_small_golden.pt``) holds
+A fixture (layout of ``tests/fixtures/parity_golden.pt``, made with the authors' code) holds
 ``official_checkpoint`` (published layout) and ``reference``: ``x``, ``t``, ``cond``,
 ``velocity`` (EMA weights), ``x_ctrl``, ``noise``, ``noise_level``, ``time_grid``,
 ``trajectories`` {solver: (T, N, C, H, W)}, ``cfg_scale``, ``trajectory_cfg_euler``; optionally

@@ -104,6 +104,15 @@ def read_embedding_csv(path: str | Path, kind: str = "other", control: str | Non
             "first column and only numbers after it"
         )
     names = [str(n) for n in table.index]
+    seen: set[str] = set()
+    repeated = sorted({n for n in names if n.lower() in seen or seen.add(n.lower())})
+    if repeated:
+        raise InputError(f"embedding CSV {path}: names {repeated[:5]} appear more than once (names are case-insensitive); "
+                         "keep one row per perturbation")
+    values = table.to_numpy(np.float64)
+    if not np.isfinite(values).all():
+        rows = [names[i] for i in np.flatnonzero(~np.isfinite(values).all(axis=1))]
+        raise InputError(f"embedding CSV {path}: rows {rows[:5]} hold empty, NaN or infinite values; fill them in or drop them")
     if control is None:
         control = next((n for n in names if n.lower() in ("dmso", "control", "negative_control")), None)
     return Vocabulary(names=names, embeddings=torch.tensor(table.to_numpy(np.float32)), kind=kind, control=control)
