@@ -92,3 +92,28 @@ def test_registries_list_what_the_torch_code_implements():
     assert set(DTYPES) | {"auto", "fast"} == set(settings.PRECISIONS)
     assert set(settings.TRAINING_PRECISIONS) == set(settings.PRECISIONS) - {"fast"}
     assert set(settings.DATASET_KINDS.values()) <= set(settings.KINDS)
+
+
+def test_module_level_imports_have_no_loops():
+    """Imports that run when a module is imported (not lazy ones, not TYPE_CHECKING) form no cycle."""
+    names = {module_name(p): p for p in MODULES}
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("napari_cellflux"):
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        graph[name] = {d for d in deps if d in names and d != name}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in graph[module]:
+            assert state.get(dep) != 1, f"import loop: {' -> '.join(path[path.index(dep):] + [dep]) if dep in path else dep}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])

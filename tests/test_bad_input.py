@@ -213,3 +213,18 @@ def test_reporter_gives_the_fix_and_never_an_unsafe_hint(error, text):
         assert line is None  # not a user's error: a bug keeps its traceback
     else:
         assert text in line and "allow_pickle" not in line and not line.startswith('"')
+
+
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_partial_file(inputs, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import tifffile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    code = main(gen(inputs, "--out", str(tmp_path / "out.tif")))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "disk is full" in err[0], err
+    assert list(tmp_path.iterdir()) == []  # neither out.tif nor its temporary .part file

@@ -38,6 +38,9 @@ class CellFluxModel:
     unet: the network (in eval mode). vocabulary: perturbations it was trained on (possibly
     empty for a published model converted without its embedding table). channels: one per
     input channel. image_size: side of the square crops it was trained on, in pixels.
+    pixel_size_um: µm per pixel of those crops (None: unknown), with ``pixel_size_source`` saying
+    where the number comes from. control_statistics: summary statistics of the training
+    controls (for checking that new controls are like them; empty when not recorded).
     sha256: hash of the file it was loaded from ("" for a model built in memory).
     """
 
@@ -50,6 +53,9 @@ class CellFluxModel:
     training: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     sha256: str = ""
+    pixel_size_um: float | None = None
+    pixel_size_source: str = "unknown"
+    control_statistics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -91,6 +97,9 @@ class CellFluxModel:
             "vocabulary": self.vocabulary.to_metadata(),
             "channels": [c.to_dict() for c in self.channels],
             "image_size": self.image_size,
+            "pixel_size_um": self.pixel_size_um,
+            "pixel_size_source": self.pixel_size_source,
+            "control_statistics": self.control_statistics,
             "normalization": self.normalization.to_dict(),
             "sampling": self.sampling.to_dict(),
             "training": self.training,
@@ -159,6 +168,9 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
             sampling=SamplingConfig(**meta["sampling"]),
             training=meta.get("training", {}),
             provenance=meta.get("provenance", {}),
+            pixel_size_um=_pixel_size(meta.get("pixel_size_um")),
+            pixel_size_source=str(meta.get("pixel_size_source", "unknown")),
+            control_statistics=dict(meta.get("control_statistics") or {}),
         )
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
@@ -187,6 +199,14 @@ def _damaged(path: Path, what: str) -> InputError:
         f"{path}: its napari-cellflux metadata is damaged ({what}); the file was changed after it was written: "
         "use the original file, or write it again with `cellflux convert` or training"
     )
+
+
+def _pixel_size(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 100:
+        raise InputError(f"pixel_size_um must be a number of µm per pixel in [0.01, 100], got {value!r}")
+    return float(value)
 
 
 def _positive_int(value, name: str) -> int:
