@@ -12,9 +12,11 @@ from napari_cellflux.data.impa import CONVENTIONS
 from napari_cellflux.models.vocabulary import Vocabulary
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# 384 x 384 regions of real nucleus-channel fields (origin and licence: fixtures/SOURCES.md).
-BBBC021_FIELD = FIXTURES / "bbbc021_C02_s3_dna_384.tif"
-BBBC022_FIELD = FIXTURES / "bbbc022_A09_s1_dna_384.tif"
+# Square regions of real DNA channels, uint16, uncompressed (origin, region and licence:
+# fixtures/SOURCES.md): JUMP cpg0000 BR00116991 A01 site 1 Hoechst, 320 x 320 (CC0), and NF1
+# Schwann cells plate 2 D6 site 2 DAPI, 384 x 384 (CC BY 4.0, iNFixion Bioscience).
+CPG0000_FIELD = FIXTURES / "cpg0000_A01_f01_dna_320.tif"
+NF1_FIELD = FIXTURES / "nf1_D6_dapi_384.tif"
 
 # Columns of each convention: (perturbation, batch, state, control value, treated value).
 LAYOUT = {

@@ -13,7 +13,8 @@ import numpy as np
 
 from napari_cellflux.errors import InputError
 
-MODES = ("percentile", "range")
+MODES = ("percentile", "range", "bit_depth")
+CAMERA_BITS = (8, 10, 12, 14, 16)  # the bit depths cameras write (a 12-bit frame is stored in uint16)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class IntensityScaling:
     mode "range": the fixed values ``low`` / ``high`` (scalars, or one per channel) map to 0 / 255,
     e.g. 0 / 4095 for a 12-bit camera. Use it, or a range recorded from control fields, to keep
     intensity effects comparable across the fields of a screen.
+    mode "bit_depth": the camera's full range 0 .. 2^bits - 1, with ``bits`` the smallest of
+    CAMERA_BITS that holds the image's largest value (12 for a 12-bit frame in uint16): a fixed
+    range, like "range", found from the image; ``low`` / ``high`` are unused.
     """
 
     mode: str = "percentile"
@@ -50,6 +54,13 @@ def scale_to_uint8(image: np.ndarray, scaling: IntensityScaling = IntensityScali
     channels = data.shape[0]
     if scaling.mode == "percentile":
         low, high = np.percentile(data.reshape(channels, -1), [scaling.low, scaling.high], axis=1)
+    elif scaling.mode == "bit_depth":
+        top = float(data.max()) if data.size else 0.0
+        bits = next((b for b in CAMERA_BITS if top <= 2**b - 1), None)
+        if bits is None or float(data.min()) < 0:
+            raise InputError(f"the image's values ({float(data.min()):g}..{top:g}) are not a camera's 8..16-bit counts; "
+                             "use percentile or range scaling")
+        low, high = np.zeros(channels), np.full(channels, 2.0**bits - 1)
     else:
         low = np.broadcast_to(np.asarray(scaling.low, dtype=np.float64), (channels,))
         high = np.broadcast_to(np.asarray(scaling.high, dtype=np.float64), (channels,))

@@ -45,13 +45,18 @@ def make_synthetic_field(
     perturbations: tuple[SyntheticPerturbation, ...] = DEFAULT_PERTURBATIONS,
     morphology: Morphology = Morphology(),
     bit_depth: int = 12,
+    gain: float | tuple[float, ...] = 1.0,
+    offset: float | tuple[float, ...] = 0.03,
+    noise_sigma: float = 0.01,
     seed: int = 0,
 ) -> SyntheticField:
     """Scatter up to ``n_cells`` drawn cells (drawn at crop side ``cell_size``) over a field.
 
     Nuclei are kept apart (centres >= 2.4 nominal radii) but may touch; cells near the edge are
     cut off as in a real field. ``perturbation`` names one of ``perturbations`` (None: DMSO).
-    Fewer cells are placed when the field is too small for ``n_cells``.
+    Fewer cells are placed when the field is too small for ``n_cells``. ``gain`` / ``offset``
+    (per channel, fractions of full scale) and ``noise_sigma`` are the batch artefacts, as in
+    :class:`SyntheticScreenConfig`, so a field can belong to a screen's batch.
     """
     rng = np.random.default_rng(seed)
     effect = None
@@ -77,7 +82,10 @@ def make_synthetic_field(
         np.maximum(canvas[:, rows, cols], signal[i][:, patch[0], patch[1]], out=canvas[:, rows, cols])
         free = labels[rows, cols] == 0
         labels[rows, cols][free & nuclei[i][patch]] = i + 1
-    observed = 0.03 + canvas + rng.normal(0.0, 0.01, canvas.shape)
+    per_channel = (channels, 1, 1)
+    gain = np.broadcast_to(np.asarray(gain, dtype=np.float64), (channels,)).reshape(per_channel)
+    offset = np.broadcast_to(np.asarray(offset, dtype=np.float64), (channels,)).reshape(per_channel)
+    observed = offset + gain * canvas + rng.normal(0.0, noise_sigma, canvas.shape)
     full_scale = 2**bit_depth - 1
     image = np.round(np.clip(observed, 0.0, 1.0) * full_scale).astype(np.uint16)
     true_centres = corners + (cell_size - 1) / 2.0 + params.centre
