@@ -21,7 +21,7 @@ LAYERS = (
     ("napari_cellflux.models",),
     ("napari_cellflux.data",),
     ("napari_cellflux.generation",),
-    ("napari_cellflux.api", "napari_cellflux.cli"),
+    ("napari_cellflux.api", "napari_cellflux.cli"),  # cli: a package (commands, parser)
     ("napari_cellflux._napari",),
 )
 

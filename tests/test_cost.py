@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import torch
+from plugin_helpers import tiny_model
 
 from napari_cellflux.generation import cost
 from napari_cellflux.settings import SamplingConfig
-
-from plugin_helpers import tiny_model
 
 PAPER = SamplingConfig()  # 50 Heun steps = 100 evaluations
 
@@ -17,24 +16,23 @@ PAPER = SamplingConfig()  # 50 Heun steps = 100 evaluations
 def test_the_estimate_scales_one_timed_evaluation_to_the_run(monkeypatch):
     calls = []
 
-    def slow_generate(model, controls, **kwargs):
+    def slow_generate(model, controls, **kwargs):  # a dear model: 1.5 s per cell and evaluation
         calls.append((len(controls), kwargs["sampling"].evaluations, kwargs["sampling"].guidance))
-        time.sleep(0.05)
+        time.sleep(1.5 * len(controls))
 
     monkeypatch.setattr(cost, "generate", slow_generate)
     estimate = cost.estimate_cost(tiny_model(), torch.zeros(10, 3, 32, 32), 1000, PAPER)
-    assert calls == [(cost.PROBE_CELLS, 1, PAPER.guidance)]  # one evaluation, the run's guidance
-    per_cell = estimate.probe_seconds / cost.PROBE_CELLS
-    assert estimate.seconds == per_cell * 1000 * 100 and estimate.seconds >= 0.05 / 4 * 1000 * 100
+    assert calls == [(1, 1, PAPER.guidance)]  # one cell, one evaluation, the run's guidance; no batch: too dear
+    assert estimate.seconds == estimate.probe_seconds * 1000 * 100 and estimate.seconds >= 1.5 * 1000 * 100
     assert estimate.long and "few-step settings" in estimate.advice() and "a GPU" in estimate.advice()
     assert "1000 cells x 100 network evaluations" in estimate.describe()
 
 
-def test_a_short_run_is_not_announced():
+def test_a_cheap_model_is_timed_on_a_whole_warm_batch():
     model = tiny_model()
-    estimate = cost.estimate_cost(model, torch.zeros(2, 3, 32, 32), 2, model.sampling)
-    assert estimate.probe_cells == 2 and estimate.evaluations == model.sampling.evaluations
-    assert not estimate.long  # a tiny model on 2 cells: well under a minute
+    estimate = cost.estimate_cost(model, torch.zeros(8, 3, 32, 32), 100, model.sampling, batch_size=6)
+    assert estimate.probe_cells == 6 and estimate.evaluations == model.sampling.evaluations
+    assert not estimate.long  # a tiny model on 100 cells: well under a minute
 
 
 def test_durations_read_naturally():

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from plugin_helpers import tiny_model
 from scipy import ndimage
 
 from napari_cellflux.data.extract import extract_cells
@@ -14,8 +15,6 @@ from napari_cellflux.data.intensity import IntensityScaling, scale_to_uint8
 from napari_cellflux.data.samples import synthetic_controls, synthetic_field
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation.controls import crops_from_field, extraction_config
-
-from plugin_helpers import tiny_model
 
 
 def texture(cells: np.ndarray) -> np.ndarray:

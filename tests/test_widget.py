@@ -208,3 +208,25 @@ def test_opening_the_widget_does_not_import_torch():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "torch imported: False" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("answer", ["Yes", "No"])
+def test_a_long_run_is_put_to_the_user_first(viewer_and_widget, qtbot, model_file, monkeypatch, answer):
+    from qtpy.QtWidgets import QMessageBox
+
+    from napari_cellflux._napari import jobs
+
+    viewer, widget = viewer_and_widget
+    asked = []
+    monkeypatch.setattr(jobs, "ASK_BEFORE_S", 0.0)  # every run counts as long
+    monkeypatch.setattr(QMessageBox, "question", lambda parent, title, text: asked.append(text)
+                        or getattr(QMessageBox.StandardButton, answer))
+    load(qtbot, widget, model_file)
+    generate(qtbot, widget)
+    wait_idle(qtbot, widget)
+    assert len(asked) == 1 and "this run will take about" in asked[0].lower() and "few-step settings" in asked[0]
+    generated = [layer for layer in viewer.layers if layer.name.endswith("]") and not layer.name.startswith("controls")]
+    if answer == "Yes":
+        assert generated and widget._result is not None
+    else:
+        assert not generated and widget.status.text().startswith("Not started: about")

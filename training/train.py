@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -27,8 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from napari_cellflux.atomic import atomic_write, atomic_write_text, check_writable
 from napari_cellflux.core.flow import flow_matching_loss, sample_t_skewed, x_t
 from napari_cellflux.core.unet import UNet, UNetConfig, preset
+from napari_cellflux.data.cells import load_cell
 from napari_cellflux.errors import CellFluxError, InputError, run_main
-from napari_cellflux.models.channels import parse_channels
+from napari_cellflux.models.channels import Channel, parse_channels
+from napari_cellflux.models.domain import control_statistics
 from napari_cellflux.models.model_file import CellFluxModel, save_model
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
@@ -81,7 +84,21 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     return flow_matching_loss(predicted.float(), x0, x1)
 
 
+CONTROL_SAMPLE = 300  # training controls summarised in the model file (enough for 1st-99th percentiles)
+
+
+def training_control_statistics(data: TrainingData, channels: tuple[Channel, ...], pixel_size_um: float | None = None) -> dict:
+    """:func:`control_statistics` of up to CONTROL_SAMPLE control cells of the training split
+    (those the pairs draw from), chosen with the run's seed, so every export records the same."""
+    rows = np.unique(np.concatenate(list(data.pairs.controls_by_batch.values())))
+    chosen = np.sort(np.random.default_rng(data.seed).choice(rows, min(CONTROL_SAMPLE, len(rows)), replace=False))
+    paths = data.pairs.table.cells["path"].to_numpy()
+    pixels = np.stack([load_cell(paths[i]) for i in chosen])
+    return control_statistics(pixels, [c.name for c in channels], pixel_size_um)
+
+
 def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig, step: int, epoch: int) -> str:
+    """Write the self-contained model file, with the statistics of the training controls."""
     model = CellFluxModel(
         unet=weights,
         vocabulary=data.vocabulary,
@@ -93,6 +110,7 @@ def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig
         provenance={"trained_with": "python -m training.train", "config": cfg.name, "step": step, "epoch": epoch,
                     "data": str(data.source), "held_out": list(cfg.data.held_out)},
     )
+    model.control_statistics = training_control_statistics(data, model.channels, model.pixel_size_um)
     return save_model(model, path)
 
 

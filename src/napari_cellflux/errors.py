@@ -50,8 +50,8 @@ _UNSAFE_HINTS = ("allow_pickle", "weights_only=False", "weights_only = False")
 def describe(err: BaseException) -> str | None:
     """One line for an error the user can fix, or None for a bug (which keeps its traceback)."""
     if isinstance(err, OSError) and err.errno in _OS_FIXES:  # raised by the OS, not by our code
-        where = f" {err.filename}" if err.filename else ""
-        return f"{err.strerror or 'OS error'}:{where}: {_OS_FIXES[err.errno]}"
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror or 'OS error'}{where}: {_OS_FIXES[err.errno]}"
     if isinstance(err, (CellFluxError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
                         IsADirectoryError)):
         text = str(err.args[0]) if isinstance(err, KeyError) and not isinstance(err, CellFluxError) and err.args else str(err)

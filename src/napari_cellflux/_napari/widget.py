@@ -20,9 +20,19 @@ from magicgui.widgets import FileEdit
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QGroupBox,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_cellflux._napari.jobs import generation_job, load_job
+from napari_cellflux._napari.jobs import NeedsConfirmation, generation_job, load_job
 from napari_cellflux._napari.qt_helpers import chosen_path, note, row
 from napari_cellflux._napari.sections import ControlsBox, ModelBox, PerturbationBox, SamplingBox
 from napari_cellflux._napari.writer import LAYER_KEY
@@ -36,6 +46,7 @@ if TYPE_CHECKING:
 
 SLIDER_TICKS = 1000  # resolution of the t slider over [0, 1]
 SPACING = 16  # world px between the controls grid, the generated grid and other layers
+WARNING_COLOR = "#ff9f1c"  # orange: readable on napari's dark and light themes
 
 
 class CellFluxWidget(QWidget):
@@ -60,6 +71,11 @@ class CellFluxWidget(QWidget):
         self.generate_button = QPushButton("Generate")
         self.cancel_button = QPushButton("Cancel")
         self.progress = QProgressBar()
+        # The controls' findings against the model's training controls: a run still goes ahead,
+        # so they stay in view beside the result until the next run rather than in a dialog.
+        self.domain_warning = note("")
+        self.domain_warning.setStyleSheet(f"color: {WARNING_COLOR}")
+        self.domain_warning.setVisible(False)
         self.status = note("Load a model to start (the bundled demo works with the synthetic sample cells).")
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, SLIDER_TICKS)
@@ -78,13 +94,13 @@ class CellFluxWidget(QWidget):
         lay = QVBoxLayout(self)
         for w in (
             self.controls, self.model, self.perturbation, self.sampling,
-            row(self.generate_button, self.cancel_button), self.progress, self.status, result, export,
+            row(self.generate_button, self.cancel_button), self.domain_warning, self.progress, self.status, result, export,
         ):
             lay.addWidget(w)
         lay.addStretch()
 
         self.model.load.clicked.connect(self.load_model)
-        self.generate_button.clicked.connect(self.generate)
+        self.generate_button.clicked.connect(lambda: self.generate())  # not clicked(bool) as "confirmed"
         self.cancel_button.clicked.connect(self.cancel)
         self.progressed.connect(self._on_progress)
         self.slider.valueChanged.connect(self._on_slider)
@@ -101,8 +117,17 @@ class CellFluxWidget(QWidget):
     def _start(self, job: Callable, on_done: Callable, message: str, *args) -> None:
         """Run ``job(*args)`` in a napari thread worker; ``on_done(value)`` or ``_fail(error)`` then
         run on the Qt thread (handling "errored" also stops the worker re-raising the error)."""
-        connect = {"returned": on_done, "errored": self._fail, "finished": lambda: self._set_busy(False)}
+        # on_done may start the next run (a long run the user confirmed): only the worker still
+        # current may end the busy state.
+        mine: list = []
+
+        def finished() -> None:
+            if self._worker is mine[0]:
+                self._set_busy(False)
+
+        connect = {"returned": on_done, "errored": self._fail, "finished": finished}
         worker = create_worker(job, *args, _start_thread=False, _connect=connect)
+        mine.append(worker)
         self._worker = worker
         self.status.setText(message)
         self.progress.setRange(0, 0)  # "busy" until a step count is known
@@ -147,8 +172,9 @@ class CellFluxWidget(QWidget):
         self.sampling.set_defaults(model.sampling)
         self.status.setText("Model ready: choose the controls and a perturbation, then Generate.")
 
-    def generate(self) -> None:
-        """Start a run; mistakes in the inputs are reported before any thread starts."""
+    def generate(self, confirmed: bool = False) -> None:
+        """Start a run; mistakes in the inputs are reported before any thread starts. A run
+        estimated to take minutes is first put to the user (``confirmed``: they said yes)."""
         try:
             if self._model is None:
                 raise InputError("Model: load a model first")
@@ -159,9 +185,10 @@ class CellFluxWidget(QWidget):
             self._fail(err)
             return
         self._cancel = threading.Event()
+        self._show_domain_check([])
         self._start(
             generation_job, self._show_result, "Generating…",
-            self._model, pixels_job, condition, options, self.progressed.emit, self._cancel.is_set,
+            self._model, pixels_job, condition, options, self.progressed.emit, self._cancel.is_set, confirmed,
         )
 
     def cancel(self) -> None:
@@ -194,7 +221,11 @@ class CellFluxWidget(QWidget):
         if payload is None:
             self.status.setText("Cancelled; no layers were added.")
             return
+        if isinstance(payload, NeedsConfirmation):
+            self._confirm_long_run(payload.estimate)
+            return
         result, control_grids, generated_grids = payload
+        self._show_domain_check(result.domain_messages)
         self._result = None  # the time-axis handlers rest while layers change
         for layer in self._layers:
             if layer in self._viewer.layers:
@@ -217,6 +248,19 @@ class CellFluxWidget(QWidget):
             f"{n} cells under {result.label}, {t} states from t = {result.times[0]:.3f} to 1 "
             "(controls left, generated right). Move t to morph."
         )
+
+    def _confirm_long_run(self, estimate) -> None:
+        question = f"{estimate.advice()[0].upper()}{estimate.advice()[1:]}.\n\nStart it anyway?"
+        answer = QMessageBox.question(self, "CellFlux: a long run", question)
+        if answer == QMessageBox.StandardButton.Yes:
+            self.generate(confirmed=True)
+        else:
+            self.status.setText(f"Not started: {estimate.describe()}. Lower the steps or cells under Sampling.")
+
+    def _show_domain_check(self, messages: list[str]) -> None:
+        """List what the check of the controls found (hidden when nothing)."""
+        self.domain_warning.setText("\n".join(f"⚠ {m}" for m in messages))
+        self.domain_warning.setVisible(bool(messages))
 
     def _free_x(self) -> float:
         """World x right of every layer in the viewer, so the result covers none of them."""

@@ -8,6 +8,7 @@ an artificial edge.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from napari_cellflux.atomic import atomic_write_text
 from napari_cellflux.data.images import read_tiff
 from napari_cellflux.data.intensity import IntensityScaling, scale_to_uint8
 from napari_cellflux.data.plain import write_plain
+from napari_cellflux.data.plates import Treatment
+from napari_cellflux.data.scale import UNKNOWN, FieldScale
 from napari_cellflux.errors import InputError
 
 MAX_CHANNELS = 8  # an axis this short is taken for channels when guessing the layout
@@ -121,15 +124,19 @@ def extract_cells(
     *,
     labels: np.ndarray | None = None,
     channel_axis: int | None = None,
+    name: str | None = None,
+    allow_empty: bool = False,
 ) -> ExtractedCells:
     """Cells of one field (array or TIFF path; (H, W), (C, H, W) or (H, W, C)).
 
     labels: optional (H, W) nucleus labels from another tool (a napari labels layer, cellpose...);
-    without them nuclei are segmented on channel ``config.nucleus_channel``.
+    without them nuclei are segmented on channel ``config.nucleus_channel``. name: the field in
+    error messages. allow_empty: a field without croppable nuclei gives no crops instead of an
+    error (one empty field of a plate is no reason to stop).
     """
     from skimage import measure
 
-    name = str(image) if isinstance(image, (str, Path)) else "image"
+    name = name or (str(image) if isinstance(image, (str, Path)) else "image")
     field_image = as_channels_first(_read(image), channel_axis, name)
     if field_image.dtype.kind == "f" and not np.isfinite(field_image).all():
         raise InputError(f"{name}: the image holds NaN or infinite pixels; repair the field (or mask those pixels to 0)")
@@ -144,17 +151,20 @@ def extract_cells(
         else _check_labels(labels, field_image.shape[1:], name)
     )
     props = measure.regionprops_table(labels, properties=("label", "centroid"))
-    if len(props["label"]) == 0:
+    if len(props["label"]) == 0 and not allow_empty:
         raise InputError(
             f"{name}: no nuclei found; check that channel {config.nucleus_channel} is the DNA stain, "
             "lower min_area, or pass labels from another segmentation"
         )
-    centroids = np.stack([props["centroid-0"], props["centroid-1"]], axis=1)
+    centroids = np.stack([props["centroid-0"], props["centroid-1"]], axis=1).reshape(-1, 2)
     size, half = config.crop_size, config.crop_size // 2
     corner = np.round(centroids).astype(int) - half
     height, width = labels.shape
     inside = np.all((corner >= 0) & (corner + size <= np.array([height, width])), axis=1)
     if not inside.any():
+        if allow_empty:
+            empty = np.zeros((0, *field_image.shape[:1], size, size), dtype=np.uint8)
+            return ExtractedCells(empty, centroids[:0], np.zeros(0, dtype=int), labels, {}, len(inside))
         raise InputError(
             f"{name}: all {len(inside)} nuclei lie within {half} px of the border, so no {size} x {size} crop "
             "fits; use a larger field or a smaller crop_size"
@@ -197,6 +207,29 @@ def _check_labels(labels: np.ndarray, shape: tuple[int, int], name: str) -> np.n
     return labels.astype(np.int32)
 
 
+@dataclass(frozen=True)
+class FieldCells:
+    """The cells of one field and where they came from: one row per crop in cells.csv."""
+
+    cells: ExtractedCells
+    treatment: Treatment
+    source: str
+    plate: str = ""
+    well: str = ""
+    site: str = ""
+    scale: FieldScale = UNKNOWN
+
+    def record(self) -> dict:
+        """This field's entry in extraction.json: origin, counts, intensity mapping and pixel sizes."""
+        return {
+            "source": self.source, "plate": self.plate, "well": self.well, "site": self.site,
+            "cells": len(self.cells.crops), "dropped_at_border": self.cells.dropped_at_border,
+            "scaling": self.cells.scaling, "pixel_size_um": self.scale.crop_um, "pixel_size_source": self.scale.source,
+            "input_pixel_size_um": self.scale.input_um, "input_pixel_size_source": self.scale.input_source,
+            "rescale_factor": self.scale.factor,
+        }
+
+
 def write_extracted(
     cells: ExtractedCells,
     out_dir: str | Path,
@@ -209,31 +242,56 @@ def write_extracted(
     source: str = "",
     config: ExtractionConfig | None = None,
 ) -> Path:
-    """Write extracted cells in the plain format (``write_plain``) with their origin, and record the
-    intensity scaling (and settings) of this prefix in ``<out_dir>/extraction.json``. Returns the CSV."""
+    """Write the cells of one field (see :func:`write_fields`). Returns the CSV."""
+    part = FieldCells(cells, Treatment(perturbation, is_control, batch), source)
+    return write_fields([part], out_dir, split=split, prefix=prefix, config=config)
+
+
+def write_fields(
+    parts: Sequence[FieldCells],
+    out_dir: str | Path,
+    *,
+    split: str = "train",
+    prefix: str = "cell",
+    config: ExtractionConfig | None = None,
+    channels: Sequence[str] = (),
+) -> Path:
+    """Write the cells of one or more fields (e.g. the sites of a well) under one prefix in the plain
+    format (``write_plain``), with their origin and pixel size per crop; record each field's
+    intensity scaling and scale, and the settings, in ``<out_dir>/extraction.json`` (one field:
+    its entry itself; several: under ``fields``). Centroids are px of the input field, before any
+    rescale. Returns the CSV."""
+    full = [p for p in parts if len(p.cells.crops)]
+    if not full:
+        raise InputError(f"{prefix}: no cells to write")
+
+    def per_crop(value) -> list:
+        return [v for p in full for v in [value(p)] * len(p.cells.crops)]
+
+    def centroid(axis: int) -> list:
+        return [round(float(c) / p.scale.factor, 2) for p in full for c in p.cells.centroids[:, axis]]
+
     csv_path = write_plain(
         out_dir,
-        cells.crops,
-        perturbation=perturbation,
-        batch=batch,
-        is_control=is_control,
+        np.concatenate([p.cells.crops for p in full]),
+        perturbation=per_crop(lambda p: p.treatment.perturbation),
+        batch=per_crop(lambda p: p.treatment.batch),
+        is_control=per_crop(lambda p: p.treatment.is_control),
         split=split,
         prefix=prefix,
         extra={
-            "source": source,
-            "label": cells.label_ids.tolist(),
-            "centroid_row": np.round(cells.centroids[:, 0], 2).tolist(),
-            "centroid_col": np.round(cells.centroids[:, 1], 2).tolist(),
+            "plate": per_crop(lambda p: p.plate), "well": per_crop(lambda p: p.well), "site": per_crop(lambda p: p.site),
+            "source": per_crop(lambda p: p.source),
+            "label": [int(v) for p in full for v in p.cells.label_ids],
+            "centroid_row": centroid(0), "centroid_col": centroid(1),
+            "pixel_size_um": per_crop(lambda p: "" if p.scale.crop_um is None else round(p.scale.crop_um, 5)),
+            "pixel_size_source": per_crop(lambda p: p.scale.source),
         },
     )
     record_path = Path(out_dir) / RECORD_NAME
     records = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    records[prefix] = {
-        "source": source,
-        "cells": len(cells.crops),
-        "dropped_at_border": cells.dropped_at_border,
-        "scaling": cells.scaling,
-        "config": None if config is None else asdict(config),
-    }
+    fields = [p.record() for p in parts]
+    entry = fields[0] if len(fields) == 1 else {"cells": sum(f["cells"] for f in fields), "fields": fields}
+    records[prefix] = {**entry, "channels": list(channels), "config": None if config is None else asdict(config)}
     atomic_write_text(record_path, json.dumps(records, indent=2, sort_keys=True))
     return csv_path

@@ -7,21 +7,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from napari_cellflux.generation.generate import generate
 from napari_cellflux.models.model_file import CellFluxModel
 from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 LONG_RUN_S = 60.0  # above this a run is announced with ways to shorten it
-PROBE_CELLS = 4  # cells in the timed evaluation: enough to amortise per-call overhead, cheap on a CPU
+PROBE_BUDGET_S = 10.0  # the most a second, whole-batch timing may cost (estimated from one cell)
 FEW_STEP = "--solver midpoint --grid uniform --steps 10"  # within 5% of 100 evaluations (docs/speed.md)
 
 
 @dataclass(frozen=True)
 class CostEstimate:
     """seconds: the whole run, extrapolated linearly in cells and network evaluations from one
-    timed evaluation of ``probe_cells`` cells (first-call costs included, so it errs long)."""
+    timed evaluation of ``probe_cells`` cells that took ``probe_seconds``."""
 
     seconds: float
     cells: int
@@ -45,21 +43,35 @@ class CostEstimate:
         return f"this run will take {self.describe()}; for a quicker one use {', '.join(ways[:-1])} or {ways[-1]}"
 
 
-def estimate_cost(model: CellFluxModel, controls: np.ndarray | object, n_cells: int, sampling: SamplingConfig,
-                  speed: SpeedOptions = SpeedOptions(), condition: dict | None = None) -> CostEstimate:
-    """Time one network evaluation of generate() on the first few of ``controls`` (model space,
-    (N, C, H, W)) with the run's guidance and speed options, and scale it to ``n_cells`` cells
-    and ``sampling.evaluations`` evaluations."""
-    probe = controls[:PROBE_CELLS]
+def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: SamplingConfig,
+                  speed: SpeedOptions = SpeedOptions(), condition: dict | None = None,
+                  batch_size: int = 64) -> CostEstimate:
+    """Time network evaluations of generate() on ``controls`` (model space, (N, C, H, W)) with the
+    run's guidance and speed options, and scale them to ``n_cells`` cells and
+    ``sampling.evaluations`` evaluations.
+
+    One cell is timed first. Where that is cheap, a whole batch (as the run will use) is timed
+    next, warm, because small models run far faster per cell in batches; where it is dear (a
+    published model on a CPU: seconds per cell) the one-cell time is used as it is, which errs
+    long by the first call's overhead."""
     one_step = SamplingConfig(solver="euler", grid="uniform", steps=1, guidance=sampling.guidance,
                               noise_level=sampling.noise_level)
-    started = time.perf_counter()
-    generate(model, probe, sampling=one_step, speed=speed, final_only=True, **(condition or {}))
-    seconds = time.perf_counter() - started
-    per_cell_evaluation = seconds / len(probe)
+
+    def timed(cells) -> float:
+        started = time.perf_counter()
+        generate(model, cells, sampling=one_step, speed=speed, batch_size=batch_size, final_only=True,
+                 **(condition or {}))
+        return time.perf_counter() - started
+
+    probe = controls[:1]
+    seconds = timed(probe)
+    batch = min(len(controls), n_cells, batch_size)
+    if batch > 1 and seconds * batch < PROBE_BUDGET_S:
+        probe = controls[:batch]
+        seconds = timed(probe)
     return CostEstimate(
-        seconds=per_cell_evaluation * n_cells * sampling.evaluations, cells=n_cells, evaluations=sampling.evaluations,
-        probe_cells=len(probe), probe_seconds=seconds, device=str(model.device),
+        seconds=seconds / len(probe) * n_cells * sampling.evaluations, cells=n_cells,
+        evaluations=sampling.evaluations, probe_cells=len(probe), probe_seconds=seconds, device=str(model.device),
     )
 
 
@@ -71,3 +83,15 @@ def _duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def announce(prog: str):
+    """A ``before_run`` for command lines: a long run is announced on stderr, then goes ahead."""
+    import sys
+
+    def before_run(estimate: CostEstimate) -> bool:
+        if estimate.long:
+            print(f"{prog}: note: {estimate.advice()}", file=sys.stderr)
+        return True
+
+    return before_run

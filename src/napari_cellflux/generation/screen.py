@@ -6,7 +6,7 @@ a seed derived from (seed, i), so every chunk is reproducible on its own, whatev
 GPU or order makes it. Each finished chunk is written atomically as ``chunk_<i:06d>.npy``
 (stored pixels, uint8 for 8-bit models: (n, C, H, W) final states, or (n, T, C, H, W) with all
 states), beside ``manifest.json`` (model hash, condition, sampling, seed, sizes, control pool
-hash). Memory is one chunk, whatever ``n_cells`` is.
+hash, the pool's domain check). Memory is one chunk, whatever ``n_cells`` is.
 
 Restart the same command and it skips the chunks already on disk (the atomic rename means a
 chunk file that exists is complete) after checking that the manifest describes the same screen.
@@ -34,6 +34,7 @@ from napari_cellflux.atomic import atomic_write, atomic_write_text
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation.controls import check_crops
 from napari_cellflux.generation.generate import GenerationCancelled, condition_vector, generate
+from napari_cellflux.models.domain import check_domain
 from napari_cellflux.runtime import autocast_dtype, distributed_env, dtype_name
 from napari_cellflux.settings import SpeedOptions
 
@@ -45,7 +46,7 @@ MANIFEST = "manifest.json"
 FORMAT = "napari-cellflux/screen"
 FORMAT_VERSION = 1
 # Manifest keys that describe the run, not the screen: they may differ on a resume.
-NOT_IDENTITY = ("created_by",)
+NOT_IDENTITY = ("created_by", "domain_check")
 
 
 def chunk_name(index: int) -> str:
@@ -86,7 +87,8 @@ def pool_sha256(pixels: np.ndarray) -> str:
 class ScreenReport:
     """What one :func:`run_screen` call did. ``written``: chunks made now; ``skipped``: chunks of
     this rank found on disk; ``remaining``: chunks of this rank still to make (after a cancel or
-    ``max_chunks``)."""
+    ``max_chunks``). ``domain_check``: the control pool against the model's training controls
+    (:meth:`napari_cellflux.models.domain.DomainReport.to_dict`), also in the manifest."""
 
     out: Path
     n_chunks: int
@@ -98,6 +100,7 @@ class ScreenReport:
     cancelled: bool = False
     seconds: float = 0.0
     cells_written: int = 0
+    domain_check: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -228,6 +231,7 @@ def run_screen(
     processes. ``max_chunks`` stops after that many new chunks; ``cancel()`` is polled every
     solver step (the chunk in progress is dropped). ``progress(done, total)`` counts this rank's
     chunks, skipped ones included. Sampling and speed options are :func:`napari_cellflux.api.generate`'s.
+    The pool is first compared with the model's training controls (a DomainWarning per finding).
     """
     if int(n_cells) != n_cells or n_cells < 1:
         raise InputError(f"n_cells must be a positive integer, got {n_cells!r}")
@@ -246,18 +250,22 @@ def run_screen(
     check_crops(controls, model, "control pool")
     sampling = sampling or model.sampling
     _, condition = condition_vector(model, perturbation, smiles=smiles)
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        read_manifest(out / MANIFEST)  # a damaged one is an error before any warning
+    domain = check_domain(model, controls)  # after the errors above: a mistake is reported alone
     dtype = autocast_dtype(speed.precision, model.device)
     manifest = screen_manifest(
         model, controls, condition=condition, sampling=sampling, n_cells=n_cells, chunk_size=chunk_size,
         seed=seed, precision=dtype_name(dtype), all_states=all_states,
     )
-    out = Path(out)
+    manifest["domain_check"] = domain.to_dict()
     out.mkdir(parents=True, exist_ok=True)
     check_or_write_manifest(out, manifest)
 
     n_chunks = manifest["n_chunks"]
     mine = list(rank_chunks(n_chunks, rank, world_size))
-    report = ScreenReport(out=out, n_chunks=n_chunks, rank=rank, world_size=world_size)
+    report = ScreenReport(out=out, n_chunks=n_chunks, rank=rank, world_size=world_size, domain_check=manifest["domain_check"])
     started = time.perf_counter()
     cell_shape = tuple(manifest["cell_shape"])
     n_times = len(manifest["times"]) if all_states else None

@@ -194,6 +194,7 @@ class Zoo:
     ) -> "CellFluxModel":
         """Fetch ``name`` if needed and load it onto ``device``; the file's hash is checked against
         the pin (or the registry) so a cache file changed after conversion is refused."""
+        from napari_cellflux.models.domain import statistics_beside
         from napari_cellflux.models.model_file import load_model_file
 
         entry = self.entry(name)
@@ -205,6 +206,8 @@ class Zoo:
                 f"{path} changed after it was verified (sha256 {model.sha256[:12]}…, expected {str(expected)[:12]}…); "
                 f"run `cellflux zoo rm {name}` and fetch it again"
             )
+        if isinstance(entry, BundledModel) and not model.control_statistics:
+            model.control_statistics = statistics_beside(path)  # pinned bytes: the statistics ship beside the file
         return model
 
     def remove(self, name: str, *, unpin: bool = False) -> list[Path]:
