@@ -17,7 +17,6 @@ from napari_cellflux.data.images import read_tiff
 from napari_cellflux.data.plate_extraction import read_field
 from napari_cellflux.data.plates import (
     NAME_PATTERNS,
-    NUCLEAR_STAINS,
     Field,
     fields_from_loaddata,
     is_loaddata,
@@ -25,7 +24,7 @@ from napari_cellflux.data.plates import (
 )
 from napari_cellflux.data.scale import pixel_size_from_tiff
 from napari_cellflux.errors import InputError
-from napari_cellflux.models.channels import COLOR_CYCLE, DATASET_CHANNELS
+from napari_cellflux.models.channels import COLOR_CYCLE, DATASET_CHANNELS, NUCLEAR_STAINS
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 

@@ -185,9 +185,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from napari_cellflux.data.images import read_tiff
     from napari_cellflux.data.intensity import IntensityScaling
     from napari_cellflux.data.plate_extraction import extract_fields
-    from napari_cellflux.data.plates import find_fields, nucleus_channel
+    from napari_cellflux.data.plates import find_fields
     from napari_cellflux.data.scale import check_pixel_size
     from napari_cellflux.errors import InputError
+    from napari_cellflux.models.channels import nucleus_channel
 
     def warn(line: str) -> None:
         print(f"cellflux extract: warning: {line}", file=sys.stderr)

@@ -26,7 +26,6 @@ NAME_PATTERNS = {
     # Harmony export: r<row>c<col>f<field>p<plane>-ch<channel>sk1fk1fl1.tiff, e.g. r01c01f01p01-ch1sk1fk1fl1.tiff
     "opera": r"(?i)r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d+)p(?P<plane>\d+)-ch(?P<channel>\d+)sk\d+fk\d+fl\d+\.tiff?",
 }
-NUCLEAR_STAINS = re.compile(r"dna|dapi|hoechst|nucle", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,6 @@ def normalize_well(text: str) -> str | None:
     if m := re.fullmatch(r"([A-Za-z]{1,2})(\d{1,2})", text):
         return f"{m.group(1).upper()}{int(m.group(2)):02d}" if int(m.group(2)) >= 1 else None
     return None
-
-
-def nucleus_channel(names: Sequence[str]) -> int:
-    """Index of the first channel named like a DNA stain (DNA, DAPI, Hoechst, nucleus), else 0."""
-    return next((i for i, name in enumerate(names) if NUCLEAR_STAINS.search(name)), 0)
 
 
 def choose_channels(spec: str | None, model_names: Sequence[str] | None) -> list[tuple[str, str]] | None:

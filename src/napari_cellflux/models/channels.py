@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from napari_cellflux.errors import InputError
@@ -56,3 +58,12 @@ def parse_channels(spec: str) -> tuple[Channel, ...]:
 def describe(channels: tuple[Channel, ...] | list[Channel]) -> str:
     """'3 channels (DNA, tubulin, actin)' for error messages."""
     return f"{len(channels)} channels ({', '.join(c.name for c in channels)})"
+
+
+NUCLEAR_STAINS = re.compile(r"dna|dapi|hoechst|nucle", re.IGNORECASE)
+
+
+def nucleus_channel(names: Sequence[str]) -> int:
+    """Index of the first channel named like a DNA stain (DNA, DAPI, Hoechst, nucleus), else 0:
+    the channel nuclei are segmented and measured on."""
+    return next((i for i, name in enumerate(names) if NUCLEAR_STAINS.search(name)), 0)

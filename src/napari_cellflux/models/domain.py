@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from napari_cellflux.errors import InputError
+from napari_cellflux.models.channels import nucleus_channel
 
 if TYPE_CHECKING:
     from napari_cellflux.models.model_file import CellFluxModel
@@ -37,7 +38,6 @@ PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 LOW, MEDIAN, HIGH = 0, 3, 6  # indices of the 1st, 50th and 99th percentile in PERCENTILES
 MAX_CELLS = 500  # a larger set is measured on this many evenly spaced cells (deterministic, bounded time)
 CHUNK = 128  # cells per step of the per-cell loops (bounds the float32 copies)
-DNA_NAMES = ("dna", "dapi", "hoechst")
 
 # Thresholds; docs/domain-check.md lists how far the bundled samples stay from each.
 INTENSITY_FACTOR = 2.5  # median cell mean this many times below the 1st / above the 99th percentile
@@ -94,14 +94,6 @@ class DomainReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def dna_channel(names: Sequence[str]) -> int:
-    """The channel named DNA / DAPI / Hoechst, else the first (the extraction's nucleus channel)."""
-    for i, name in enumerate(names):
-        if any(word in name.lower() for word in DNA_NAMES):
-            return i
-    return 0
 
 
 def _measure(pixels: np.ndarray, dna: int, max_value: float) -> dict:
@@ -184,7 +176,7 @@ def control_statistics(
     x = np.asarray(pixels)
     if x.ndim != 4 or len(x) == 0 or x.shape[1] != len(channel_names):
         raise InputError(f"control statistics need (N, C, H, W) cells with C = {len(channel_names)} channels, got shape {x.shape}")
-    dna = dna_channel(channel_names)
+    dna = nucleus_channel(channel_names)
     m = _measure(x, dna, max_value)
     area = np.percentile(m["area"], PERCENTILES)
     return {
