@@ -1,7 +1,7 @@
 """Real plates in: channel files, a LoadData CSV, plate maps with instrument file names, the model's
 channel order and pixel size, on small regions of two real screens (tests/fixtures/plates/
-SOURCES.md): JUMP pilot cpg0000 (Opera Phenix, 5 channels, CC0) and NF1 Schwann cells (3
-channels, CC BY 4.0, iNFixion Bioscience)."""
+SOURCES.md): JUMP pilot cpg0000 (Opera Phenix, 5 channels, CC0), NF1 Schwann cells (3
+channels, CC BY 4.0, iNFixion Bioscience) and JUMP cpg0016 RAB30 (two sources, CYX TIFFs, CC0)."""
 
 from __future__ import annotations
 
@@ -386,3 +386,156 @@ def test_an_empty_plate_field_is_skipped_not_fatal(tmp_path, capsys):
     assert code == 0, err
     assert "1 field(s) had no croppable nuclei" in out and "well B07 site 3" in out
     assert set(pd.read_csv(tmp_path / "cells" / "cells.csv")["well"]) == {"D06"}
+
+
+# JUMP cpg0016, RAB30 (tests/fixtures/plates/SOURCES.md): one CYX TIFF per source, channels AGP, DNA,
+# ER, Mito, RNA; source_13 is about 10x dimmer than source_4. 160 x 160 regions, so 64 x 64 crops.
+JUMP = FIXTURES / "plates" / "jump-rab30"
+JUMP_STAINS = ["AGP", "DNA", "ER", "Mito", "RNA"]  # the files' channel order (the set's channels.csv)
+JUMP_BRIGHT = JUMP / "source_4_BR00123947_G01_s1_ORF_RAB30_CYX_AGP-DNA-ER-Mito-RNA.tif"
+JUMP_DIM = JUMP / "source_13_CP-CC9-R1-05_L07_s0_CRISPR_RAB30_CYX_AGP-DNA-ER-Mito-RNA.tif"
+JUMP_WELLS = {"G01": JUMP_BRIGHT, "L07": JUMP_DIM}  # per load_data.csv / platemap.csv
+
+
+def assert_crops_are(table, planes: np.ndarray, scaling=None, size: int = 64) -> None:
+    """Channel k of every crop of ``table`` is the window of ``planes[k]`` (a raw (C, H, W) field,
+    scaled as a whole) at the cell's centroid: pixel for pixel."""
+    from napari_cellflux.data.intensity import IntensityScaling
+
+    scaled = scale_to_uint8(planes, scaling or IntensityScaling())[0]
+    csv = pd.read_csv(table.source)
+    assert len(table) > 0
+    for path, row, col in zip(table.cells["path"], csv["centroid_row"], csv["centroid_col"]):
+        crop = load_cell(path)
+        assert crop.shape == (len(planes), size, size)
+        y, x = round(row) - size // 2, round(col) - size // 2
+        for k, channel in enumerate(scaled):
+            windows = [channel[y + dy : y + dy + size, x + dx : x + dx + size] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            assert any(np.array_equal(crop[k], w) for w in windows), f"channel {k} of {path} is not plane {k}"
+
+
+def jump_plate(folder: Path) -> Path:
+    """The fixtures' load_data.csv with its channel files: each CYX file split into one TIFF per stain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pd.read_csv(JUMP / "load_data.csv", dtype=str)
+    for _, row in table.iterrows():
+        stack = tifffile.imread(JUMP_WELLS[row["Metadata_Well"]])
+        for k, stain in enumerate(JUMP_STAINS):
+            tifffile.imwrite(folder / row[f"FileName_Orig{stain}"], stack[k], photometric="minisblack")
+    shutil.copy(JUMP / "load_data.csv", folder / "load_data.csv")
+    return folder / "load_data.csv"
+
+
+@pytest.fixture(scope="module")
+def jump_model(tmp_path_factory) -> Path:
+    """A model with the JUMP channels in the load_data order (DNA, ER, RNA, AGP, Mito), 64-px crops."""
+    vocabulary = toy_vocabulary()
+    unet = UNet(tiny_config(in_channels=5, out_channels=5, condition_dim=vocabulary.dim))
+    path = tmp_path_factory.mktemp("model") / "jump.safetensors"
+    save_model(CellFluxModel(unet=unet, vocabulary=vocabulary, channels=DATASET_CHANNELS["cpg0000"], image_size=64), path)
+    return path
+
+
+def test_jump_fixtures_are_the_sources_cyx_stacks():
+    for path in JUMP_WELLS.values():
+        stack = tifffile.imread(path)
+        assert stack.shape == (5, 160, 160) and stack.dtype == np.uint16
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages.first.compression == 1 and path.name in tif.pages.first.description  # names its original
+    # The dim source really is ~10x dimmer (source_13 max ~7000, source_4 up to 65535; SOURCE.md).
+    assert 4 < tifffile.imread(JUMP_BRIGHT).mean() / tifffile.imread(JUMP_DIM).mean() < 20
+
+
+@pytest.mark.parametrize("path", [JUMP_BRIGHT, JUMP_DIM], ids=["source_4", "source_13"])
+def test_multichannel_file_channels_named_in_another_order(tmp_path, capsys, jump_model, path):
+    stack = tifffile.imread(path)
+    # --channels names the file's channels (its order: AGP, DNA, ER, Mito, RNA); the model takes
+    # DNA, ER, RNA, AGP, Mito, so the crops must come in the model's order, planes 1, 2, 4, 0, 3.
+    code, out, err = run(capsys, "extract", path, "--channels", ",".join(s.lower() for s in JUMP_STAINS),
+                         "--model", jump_model, "--out", tmp_path / "cells", "--perturbation", "RAB30", "--batch", "b")
+    assert code == 0, err
+    assert "5 channels, 64 x 64 px" in out
+    order = [JUMP_STAINS.index(s) for s in CPG_MODEL_ORDER]
+    assert order == [1, 2, 4, 0, 3]
+    table = read_plain(tmp_path / "cells" / "cells.csv")
+    assert len(table) >= 2
+    assert_crops_are(table, stack[order])
+    record = json.loads((tmp_path / "cells" / "extraction.json").read_text())[path.stem]
+    assert record["channels"] == CPG_MODEL_ORDER and record["config"]["nucleus_channel"] == 0
+    # Without a model, --channels names the file's channels as they are: the DNA stain is found by name.
+    code, _, err = run(capsys, "extract", path, "--channels", ",".join(JUMP_STAINS), "--crop-size", 64,
+                       "--out", tmp_path / "plain", "--perturbation", "RAB30", "--batch", "b")
+    assert code == 0, err
+    assert_crops_are(read_plain(tmp_path / "plain" / "cells.csv"), stack)
+    record = json.loads((tmp_path / "plain" / "extraction.json").read_text())[path.stem]
+    assert record["channels"] == JUMP_STAINS and record["config"]["nucleus_channel"] == 1
+    # Naming too few channels of the file is one line, not a crash.
+    assert_one_line_error(capsys, ["extract", path, "--channels", "AGP,DNA,ER,Mito", "--crop-size", 64, "--out",
+                                   tmp_path / "x", "--perturbation", "x", "--batch", "b"],
+                          "5 channel(s), but --channels names 4 (AGP, DNA, ER, Mito)")
+
+
+def test_two_sources_in_one_loaddata_and_plate_map(tmp_path, capsys):
+    loaddata = jump_plate(tmp_path / "plate")
+    code, out, err = run(capsys, "extract", "--loaddata", loaddata, "--plate-map", JUMP / "platemap.csv",
+                         "--channels", ",".join(CPG_MODEL_ORDER), "--crop-size", 64, "--out", tmp_path / "cells")
+    assert code == 0, err
+    assert "from 2 field(s) in 2 well(s)" in out
+    csv = pd.read_csv(tmp_path / "cells" / "cells.csv", dtype=str)
+    bright, dim = csv["well"] == "G01", csv["well"] == "L07"
+    assert bright.any() and dim.any() and (bright | dim).all()
+    assert set(csv.loc[bright, "plate"]) == {"BR00123947"} and set(csv.loc[dim, "plate"]) == {"CP-CC9-R1-05"}
+    assert set(csv.loc[bright, "site"]) == {"1"} and set(csv.loc[dim, "site"]) == {"0"}
+    assert set(csv.loc[bright, "perturbation"]) == {"RAB30 ORF"} and set(csv.loc[dim, "perturbation"]) == {"RAB30 CRISPR"}
+    assert set(csv.loc[bright, "batch"]) == {"2021_06_07_Batch5"} and set(csv.loc[dim, "batch"]) == {"20220914_Run1"}
+    assert (csv["is_control"] == "False").all()
+    record = json.loads((tmp_path / "cells" / "extraction.json").read_text())
+    assert set(record) == {"BR00123947_G01", "CP-CC9-R1-05_L07"}  # one prefix per plate and well
+    assert all(r["channels"] == CPG_MODEL_ORDER for r in record.values())
+    # Each crop holds its own source's pixels, in the --channels order (picked from LoadData by name).
+    order = [JUMP_STAINS.index(s) for s in CPG_MODEL_ORDER]
+    for well, source in JUMP_WELLS.items():
+        files = csv.loc[csv["well"] == well, "file"].tolist()
+        assert_crops_are(read_plain_subset(tmp_path / "cells", files), tifffile.imread(source)[order])
+    # Without --plate-map, one --perturbation for both: plates and wells still come from LoadData.
+    code, _, err = run(capsys, "extract", "--loaddata", loaddata, "--perturbation", "RAB30", "--crop-size", 64,
+                       "--out", tmp_path / "one")
+    assert code == 0, err
+    csv = pd.read_csv(tmp_path / "one" / "cells.csv", dtype=str)
+    assert set(zip(csv["plate"], csv["well"])) == {("BR00123947", "G01"), ("CP-CC9-R1-05", "L07")}
+    assert set(csv["batch"]) == {"BR00123947", "CP-CC9-R1-05"}  # the plate, when no batch is given
+
+
+def crop_means(folder: Path) -> dict[str, np.ndarray]:
+    """Mean uint8 value per channel of the crops of each well."""
+    csv = pd.read_csv(folder / "cells.csv", dtype=str)
+    paths = read_plain(folder / "cells.csv").cells["path"].tolist()
+    return {well: np.mean([load_cell(p).mean(axis=(1, 2)) for p, w in zip(paths, csv["well"]) if w == well], axis=0)
+            for well in JUMP_WELLS}
+
+
+def test_fixed_range_keeps_the_sources_intensity_difference(tmp_path, capsys):
+    from napari_cellflux.data.intensity import IntensityScaling
+
+    loaddata = jump_plate(tmp_path / "plate")
+    common = ["extract", "--loaddata", loaddata, "--plate-map", JUMP / "platemap.csv", "--crop-size", 64]
+    assert run(capsys, *common, "--range", 0, 65535, "--out", tmp_path / "fixed")[0] == 0
+    assert run(capsys, *common, "--out", tmp_path / "percentile")[0] == 0  # default: per-field 1 / 99.8 percentiles
+    fixed, percentile = crop_means(tmp_path / "fixed"), crop_means(tmp_path / "percentile")
+    # A fixed range maps both sources alike: the dim source's crops are much darker, in every channel.
+    assert np.all(fixed["G01"] > 2 * fixed["L07"]), fixed  # Mito: 22 vs 8; DNA: 19 vs 0.4
+    assert fixed["G01"].mean() > 5 * fixed["L07"].mean()
+    # Per-field percentiles stretch each field on its own: the difference is normalised away.
+    ratio = percentile["G01"] / percentile["L07"]
+    assert np.all((ratio > 1 / 3) & (ratio < 3)) and 0.5 < percentile["G01"].mean() / percentile["L07"].mean() < 2, ratio
+    records = json.loads((tmp_path / "fixed" / "extraction.json").read_text())
+    assert [records[k]["scaling"]["high"] for k in ("BR00123947_G01", "CP-CC9-R1-05_L07")] == [[65535.0] * 5] * 2
+    records = json.loads((tmp_path / "percentile" / "extraction.json").read_text())
+    highs = [np.array(records[k]["scaling"]["high"]) for k in ("BR00123947_G01", "CP-CC9-R1-05_L07")]
+    assert np.all(highs[0] > 3 * highs[1])  # what mapped to 255 differs ~10x between the sources
+    # The fixed-range crops are the source pixels mapped by that one range, pixel for pixel.
+    csv = pd.read_csv(tmp_path / "fixed" / "cells.csv", dtype=str)
+    for well, source in JUMP_WELLS.items():
+        files = csv.loc[csv["well"] == well, "file"].tolist()
+        assert_crops_are(read_plain_subset(tmp_path / "fixed", files), tifffile.imread(source),
+                         IntensityScaling("range", 0, 65535))
