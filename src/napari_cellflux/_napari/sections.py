@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -41,13 +42,15 @@ if TYPE_CHECKING:
 
 
 class ControlsBox(QGroupBox):
-    """Where the control cells come from: synthetic samples, crop layers, a whole field, or files."""
+    """Where the control cells come from: synthetic samples, crop layers, a whole field, files, or
+    chosen wells of a plate (a LoadData CSV, or a plate map and its images folder)."""
 
     SOURCES = {
         "sample": "synthetic sample cells",
         "crops": "crop layer(s)",
         "field": "whole-field layer(s)",
         "file": "crops file or folder",
+        "plate": "plate (LoadData CSV or plate map)",
     }
 
     def __init__(self, viewer: "napari.viewer.Viewer"):
@@ -73,6 +76,7 @@ class ControlsBox(QGroupBox):
                 row(QLabel("Nuclei:"), self.labels),
             ),
             column(note(".npy / .tif stack of crops, or a folder of them (type a folder's path)"), self.file.native),
+            self._plate_page(),
         ]
         lay = QVBoxLayout(self)
         lay.addWidget(self.source)
@@ -80,6 +84,59 @@ class ControlsBox(QGroupBox):
             lay.addWidget(page)
         self.source.currentIndexChanged.connect(self._show_page)
         self._show_page(0)
+
+    def _plate_page(self) -> QWidget:
+        from napari_cellflux.data.plates import NAME_PATTERNS
+
+        self.plate_file = FileEdit(mode="r", filter="LoadData CSV or plate map (*.csv)")
+        self.plate_images = FileEdit(mode="d")
+        self.name_pattern = QComboBox()
+        self.name_pattern.setEditable(True)  # a built-in name or a regex with groups well, site, channel
+        self.name_pattern.addItems(list(NAME_PATTERNS))
+        self.plate_channels = QLineEdit()
+        self.plate_channels.setPlaceholderText("channels, e.g. DNA=5,ER=4 (default: the model's names)")
+        self.wells = QListWidget()
+        self.wells.setMaximumHeight(120)
+        self.wells_note = note("Choose a CSV to list its wells.")
+        self._images_row = column(note("Images folder of the plate map:"), self.plate_images.native,
+                                  row(QLabel("File names:"), self.name_pattern))
+        self.plate_file.changed.connect(self._list_wells)
+        return column(
+            note("A CellProfiler LoadData CSV, or a plate map (well,perturbation,is_control) with its images "
+                 "folder; the ticked wells' cells are cut out on Generate:"),
+            self.plate_file.native, self._images_row, self.plate_channels, self.wells_note, self.wells,
+        )
+
+    def _list_wells(self, *_) -> None:
+        """List the chosen CSV's wells, the plate map's controls ticked (a LoadData CSV marks none: all)."""
+        self.wells.clear()
+        path = Path(self.plate_file.value)
+        if str(path) in ("", "."):
+            return
+        try:
+            loaddata, wells = controls.plate_wells(path)
+        except (InputError, FileNotFoundError) as err:
+            self.wells_note.setText(str(err))
+            return
+        self._images_row.setVisible(not loaddata)
+        for well, perturbation, is_control in wells:
+            item = QListWidgetItem(f"{well}: {perturbation}{' (control)' if is_control else ''}" if perturbation else well)
+            item.setData(Qt.ItemDataRole.UserRole, well)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if is_control or loaddata else Qt.CheckState.Unchecked)
+            self.wells.addItem(item)
+        kind = "LoadData CSV" if loaddata else "plate map"
+        self.wells_note.setText(f"{kind}, {len(wells)} well(s); tick the control wells:")
+
+    def choose_wells(self, wells) -> None:
+        """Tick exactly ``wells`` (normalized names, e.g. D06) in the list."""
+        for i in range(self.wells.count()):
+            item = self.wells.item(i)
+            item.setCheckState(Qt.CheckState.Checked if item.data(Qt.ItemDataRole.UserRole) in wells else Qt.CheckState.Unchecked)
+
+    def chosen_wells(self) -> list[str]:
+        items = [self.wells.item(i) for i in range(self.wells.count())]
+        return [it.data(Qt.ItemDataRole.UserRole) for it in items if it.checkState() == Qt.CheckState.Checked]
 
     def _show_page(self, index: int) -> None:
         for i, page in enumerate(self._pages):
@@ -97,6 +154,15 @@ class ControlsBox(QGroupBox):
             return partial(samples.synthetic_controls, max(n_cells, 2), model.image_size, model.config.in_channels, seed)
         if key == "file":
             return partial(controls.crops_from_file, chosen_path(self.file, "Controls"), model)
+        if key == "plate":
+            csv = chosen_path(self.plate_file, "Controls")
+            wells = self.chosen_wells()
+            if not wells:
+                raise InputError(f"Controls: tick the control wells of {csv} in the list (choose the CSV again to list them)")
+            images = None if str(Path(self.plate_images.value)) in ("", ".") else Path(self.plate_images.value)
+            return partial(controls.crops_from_plate, csv, wells, model, images=images,
+                           name_pattern=self.name_pattern.currentText().strip() or None,
+                           channels=self.plate_channels.text().strip() or None)
         picker = self.crop_layers if key == "crops" else self.field_layers
         layers = picker.selected()
         if not layers:

@@ -130,3 +130,83 @@ def crops_from_field(
     except ValueError as err:  # its messages name the array "image"; say which input it was
         raise InputError(f"{source}: {err}") from None
     return check_crops(cells.crops, model, source)
+
+
+def plate_wells(csv: str | Path) -> tuple[bool, list[tuple[str, str, bool]]]:
+    """(is it a LoadData CSV, [(well, perturbation, is_control)]) of a LoadData CSV or a plate map,
+    for picking the control wells. A LoadData CSV names no treatment: its wells come with an empty
+    perturbation and no control flag."""
+    from napari_cellflux.data.plates import fields_from_loaddata, is_loaddata, read_plate_map
+
+    csv = _plate_csv(csv)
+    if is_loaddata(csv):
+        wells = dict.fromkeys(f.well for f in fields_from_loaddata(csv, None))
+        return True, [(well, "", False) for well in wells]
+    return False, [(well, t.perturbation, t.is_control) for well, (t, _) in read_plate_map(csv).items()]
+
+
+def _plate_csv(csv: str | Path) -> Path:
+    csv = Path(csv)
+    if not csv.is_file():
+        raise InputError(f"Controls: {csv} does not exist; choose a CellProfiler LoadData CSV or a plate map CSV "
+                         "(well,perturbation,is_control[,batch])")
+    return csv
+
+
+def crops_from_plate(
+    csv: str | Path,
+    wells: Sequence[str],
+    model: "CellFluxModel",
+    *,
+    images: str | Path | None = None,
+    name_pattern: str | None = None,
+    channels: str | None = None,
+    pixel_size_um: float | None = None,
+) -> np.ndarray:
+    """The cells of ``wells`` of a plate: a LoadData CSV, or a plate map with its ``images`` folder
+    (``cellflux extract --loaddata`` / ``--plate-map --images``, same options and code path), cut
+    out at the model's crop size, channel order and pixel size. Camera counts are scaled by bit
+    depth, as in :func:`crops_from_field`."""
+    import tempfile
+
+    from napari_cellflux.data.intensity import IntensityScaling
+    from napari_cellflux.data.plate_extraction import extract_fields, read_field
+    from napari_cellflux.data.plates import find_fields, is_loaddata, normalize_well
+    from napari_cellflux.models.channels import nucleus_channel
+
+    csv = _plate_csv(csv)
+    loaddata = is_loaddata(csv)
+    if not loaddata:
+        if images is None or str(images) in ("", "."):
+            raise InputError(f"Controls: {csv} is a plate map; choose the folder that holds its images too")
+        if not Path(images).is_dir():
+            raise InputError(f"Controls: the images folder {images} does not exist; choose the folder that holds "
+                             f"the TIFFs of the plate map {csv.name}")
+    wanted = {normalize_well(w) or str(w) for w in wells}
+    if not wanted:
+        raise InputError(f"Controls: tick the control wells of {csv} in the list")
+
+    def warn(line: str) -> None:
+        import warnings
+
+        warnings.warn(f"Controls: {line}", stacklevel=2)
+
+    names = tuple(c.name for c in model.channels)
+    fields = find_fields(loaddata=csv if loaddata else None, images=None if loaddata else Path(images),
+                         plate_map=None if loaddata else csv, name_pattern=None if loaddata else (name_pattern or None),
+                         channels=channels or None, model_channels=names, perturbation="control" if loaddata else None,
+                         is_control=loaddata, warn=warn)
+    chosen = [f for f in fields if f.well in wanted]
+    if not chosen:
+        where = csv if loaddata else f"{images} (plate map {csv.name})"
+        imaged = ", ".join(sorted({f.well for f in fields})) or "none"
+        raise InputError(f"Controls: none of the wells {', '.join(sorted(wanted))} has images in {where} (imaged: {imaged}); "
+                         "tick imaged wells, or check the images folder and name pattern")
+    config = replace(extraction_config(model.image_size), nucleus_channel=nucleus_channel(chosen[0].channels))
+    if read_field(chosen[0], None, names).dtype.kind in "ui":
+        config = replace(config, scaling=IntensityScaling("bit_depth"))
+    with tempfile.TemporaryDirectory(prefix="cellflux-plate-") as out:
+        extract_fields(chosen, out, config, pixel_size_um=pixel_size_um, model_pixel_size_um=model.pixel_size_um,
+                       model_channels=names, warn=warn)
+        pixels = read_crops(out, model.config.in_channels)
+    return check_crops(pixels, model, str(csv))
