@@ -70,6 +70,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "solver", canonical_solver(self.solver))
         check_steps(self.grid, self.steps)
+        object.__setattr__(self, "steps", int(self.steps))  # 20.0 from a YAML or JSON file is 20
         for name in ("guidance", "noise_level"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
