@@ -39,3 +39,13 @@ def golden() -> dict:
     """The authors' parity fixture, loaded with only argparse.Namespace allow-listed."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(GOLDEN, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    """A napari viewer with the CellFlux dock widget open (the widget tests' starting point)."""
+    from plugin_helpers import PLUGIN
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "CellFlux")
+    return viewer, widget

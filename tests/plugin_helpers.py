@@ -14,6 +14,7 @@ from napari_cellflux.models.fingerprints import compound_vocabulary
 from napari_cellflux.models.model_file import CellFluxModel, save_model
 from napari_cellflux.settings import SamplingConfig
 
+PLUGIN = "napari-cellflux"  # the npe2 plugin name
 DEMO = Path(napari_cellflux.__file__).parent / "assets" / "demo.safetensors"
 COMPOUNDS = {"colchicine": "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2", "PP-2": "CC(C)(C)n1nc(-c2ccc(Cl)cc2)c2c(N)ncnc21"}
 FAST = SamplingConfig(solver="euler", grid="uniform", steps=4, guidance=0.2, noise_level=0.5)
@@ -28,4 +29,18 @@ def tiny_model(seed: int = 0, image_size: int = 32) -> CellFluxModel:
 
 def tiny_model_file(path: Path, image_size: int = 32) -> Path:
     save_model(tiny_model(image_size=image_size), path)
+    return path
+
+
+def channel_model_file(path: Path, channels, image_size: int, pixel_size_um: float | None = None,
+                       pixel_size_source: str = "unknown") -> Path:
+    """A model file with random weights for ``channels`` (e.g. a dataset's stains) and crops of
+    ``image_size`` px at ``pixel_size_um``: what plate extraction and the plate source read."""
+    from data_helpers import toy_vocabulary
+
+    vocabulary = toy_vocabulary()
+    n = len(channels)
+    unet = randomize(UNet(tiny_config(in_channels=n, out_channels=n, condition_dim=vocabulary.dim)), 0)
+    save_model(CellFluxModel(unet=unet, vocabulary=vocabulary, channels=tuple(channels), image_size=image_size,
+                             sampling=FAST, pixel_size_um=pixel_size_um, pixel_size_source=pixel_size_source), path)
     return path

@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from data_helpers import FIXTURES, toy_vocabulary
-from helpers import tiny_config
+from data_helpers import FIXTURES
+from plugin_helpers import channel_model_file
 
 from napari_cellflux.cli import main
-from napari_cellflux.core.unet import UNet
 from napari_cellflux.data.cells import load_cell
 from napari_cellflux.data.extract import extract_cells
 from napari_cellflux.data.intensity import scale_to_uint8
@@ -28,7 +27,7 @@ from napari_cellflux.data.scale import check_pixel_size, pixel_size_from_tiff, r
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation.controls import crops_from_file
 from napari_cellflux.models.channels import DATASET_CHANNELS
-from napari_cellflux.models.model_file import CellFluxModel, load_model_file, save_model
+from napari_cellflux.models.model_file import load_model_file
 
 CPG = FIXTURES / "plates" / "cpg0000-BR00116991"
 NF1 = FIXTURES / "plates" / "nf1-schwann"
@@ -47,13 +46,8 @@ def nf1_files(well: str) -> list[Path]:
 @pytest.fixture(scope="module")
 def cpg_model(tmp_path_factory) -> Path:
     """A model file with the published cpg0000 channels, 96-px crops at the JUMP pixel size."""
-    vocabulary = toy_vocabulary()
-    unet = UNet(tiny_config(in_channels=5, out_channels=5, condition_dim=vocabulary.dim))
-    model = CellFluxModel(unet=unet, vocabulary=vocabulary, channels=DATASET_CHANNELS["cpg0000"], image_size=96,
-                          pixel_size_um=JUMP_UM, pixel_size_source="test: the JUMP pilot's Opera Phenix")
-    path = tmp_path_factory.mktemp("model") / "cpg0000.safetensors"
-    save_model(model, path)
-    return path
+    return channel_model_file(tmp_path_factory.mktemp("model") / "cpg0000.safetensors", DATASET_CHANNELS["cpg0000"],
+                              96, JUMP_UM, "test: the JUMP pilot's Opera Phenix")
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -429,11 +423,7 @@ def jump_plate(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def jump_model(tmp_path_factory) -> Path:
     """A model with the JUMP channels in the load_data order (DNA, ER, RNA, AGP, Mito), 64-px crops."""
-    vocabulary = toy_vocabulary()
-    unet = UNet(tiny_config(in_channels=5, out_channels=5, condition_dim=vocabulary.dim))
-    path = tmp_path_factory.mktemp("model") / "jump.safetensors"
-    save_model(CellFluxModel(unet=unet, vocabulary=vocabulary, channels=DATASET_CHANNELS["cpg0000"], image_size=64), path)
-    return path
+    return channel_model_file(tmp_path_factory.mktemp("model") / "jump.safetensors", DATASET_CHANNELS["cpg0000"], 64)
 
 
 def test_jump_fixtures_are_the_sources_cyx_stacks():

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 from npe2 import PluginManifest
-from plugin_helpers import DEMO
+from plugin_helpers import DEMO, PLUGIN
 
 from napari_cellflux._napari.writer import LAYER_KEY
 
-PLUGIN = "napari-cellflux"
 CHANNELS = ("DNA", "cytoskeleton", "cytoplasm")
 TIMEOUT_MS = 30_000
 
@@ -24,13 +23,6 @@ TIMEOUT_MS = 30_000
 def model_file():
     """The tests generate with the bundled demo model (3 channels, 32 x 32 crops)."""
     return DEMO
-
-
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "CellFlux")
-    return viewer, widget
 
 
 def wait_idle(qtbot, widget, timeout=TIMEOUT_MS):

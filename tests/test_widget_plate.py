@@ -5,39 +5,19 @@ the ticked wells' cells become the controls, and input errors land on the status
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from data_helpers import FIXTURES, toy_vocabulary
-from helpers import randomize, tiny_config
-from plugin_helpers import FAST
-from test_widget import PLUGIN, generate, load, wait_idle
+from data_helpers import FIXTURES
+from plugin_helpers import channel_model_file
+from test_widget import generate, load, wait_idle
 
-from napari_cellflux.core.unet import UNet
 from napari_cellflux.generation.controls import crops_from_plate
 from napari_cellflux.models.channels import DATASET_CHANNELS, parse_channels
-from napari_cellflux.models.model_file import CellFluxModel, load_model_file, save_model
+from napari_cellflux.models.model_file import load_model_file
 
 CPG = FIXTURES / "plates" / "cpg0000-BR00116991"
 NF1 = FIXTURES / "plates" / "nf1-schwann"
 NF1_PATTERN = r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>\d)_(?P<site>\d+)_\w+_001\.tif"
 NF1_CHANNELS = "DAPI=1,GFP=2,RFP=3"  # the file names' channel numbers
 JUMP_UM = 0.598
-
-
-def model_file(path, channels, pixel_size_um=None):
-    vocabulary = toy_vocabulary()
-    n = len(channels)
-    unet = randomize(UNet(tiny_config(in_channels=n, out_channels=n, condition_dim=vocabulary.dim)), 0)
-    model = CellFluxModel(unet=unet, vocabulary=vocabulary, channels=channels, image_size=96, sampling=FAST,
-                          pixel_size_um=pixel_size_um, pixel_size_source=None if pixel_size_um is None else "test")
-    save_model(model, path)
-    return path
-
-
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "CellFlux")
-    return viewer, widget
 
 
 def use_plate_map(widget, images=NF1):
@@ -56,7 +36,7 @@ def contains(stack: np.ndarray, crop: np.ndarray) -> bool:
 
 def test_plate_map_controls_come_from_the_ticked_wells_only(viewer_and_widget, qtbot, tmp_path):
     _, widget = viewer_and_widget
-    path = model_file(tmp_path / "nf1.safetensors", parse_channels("DAPI:blue,GFP:green,RFP:red"))
+    path = channel_model_file(tmp_path / "nf1.safetensors", parse_channels("DAPI:blue,GFP:green,RFP:red"), 96)
     load(qtbot, widget, path)
     controls = use_plate_map(widget)
     listed = [controls.wells.item(i).text() for i in range(controls.wells.count())]
@@ -78,7 +58,7 @@ def test_plate_map_controls_come_from_the_ticked_wells_only(viewer_and_widget, q
 
 def test_loaddata_controls(viewer_and_widget, qtbot, tmp_path):
     _, widget = viewer_and_widget
-    path = model_file(tmp_path / "cpg.safetensors", DATASET_CHANNELS["cpg0000"], JUMP_UM)
+    path = channel_model_file(tmp_path / "cpg.safetensors", DATASET_CHANNELS["cpg0000"], 96, JUMP_UM, "test")
     load(qtbot, widget, path)
     controls = widget.controls
     controls.choose("plate")
@@ -93,7 +73,7 @@ def test_loaddata_controls(viewer_and_widget, qtbot, tmp_path):
 
 def test_plate_errors_on_the_status_line(viewer_and_widget, qtbot, tmp_path):
     _, widget = viewer_and_widget
-    load(qtbot, widget, model_file(tmp_path / "nf1.safetensors", parse_channels("DAPI,GFP,RFP")))
+    load(qtbot, widget, channel_model_file(tmp_path / "nf1.safetensors", parse_channels("DAPI,GFP,RFP"), 96))
     missing = tmp_path / "no-such-folder"
     use_plate_map(widget, images=missing)
     generate(qtbot, widget, steps=2, cells=2)
