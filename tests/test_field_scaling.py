@@ -44,3 +44,10 @@ def test_bit_depth_scaling_uses_the_cameras_full_range():
     assert scale_to_uint8(image.astype(np.uint8) // 16, IntensityScaling("bit_depth"))[1]["high"] == [255.0]
     with pytest.raises(InputError, match="camera"):
         scale_to_uint8(np.full((1, 2, 2), -1.0), IntensityScaling("bit_depth"))
+
+
+def test_auto_scaling_takes_the_bit_depth_of_counts_and_percentiles_of_floats():
+    counts = np.array([[[0, 1000], [3000, 4095]]], dtype=np.uint16)
+    assert scale_to_uint8(counts, IntensityScaling("auto"))[1]["mode"] == "bit_depth"
+    floats, record = scale_to_uint8(counts.astype(np.float32), IntensityScaling("auto"))
+    assert record["mode"] == "percentile" and floats.max() == 255

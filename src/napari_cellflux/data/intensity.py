@@ -7,13 +7,13 @@ between cells that a perturbation causes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from napari_cellflux.errors import InputError
 
-MODES = ("percentile", "range", "bit_depth")
+MODES = ("percentile", "range", "bit_depth", "auto")
 CAMERA_BITS = (8, 10, 12, 14, 16)  # the bit depths cameras write (a 12-bit frame is stored in uint16)
 
 
@@ -30,6 +30,8 @@ class IntensityScaling:
     mode "bit_depth": the camera's full range 0 .. 2^bits - 1, with ``bits`` the smallest of
     CAMERA_BITS that holds the image's largest value (12 for a 12-bit frame in uint16): a fixed
     range, like "range", found from the image; ``low`` / ``high`` are unused.
+    mode "auto": "bit_depth" for camera counts (integer pixels), "percentile" (with ``low`` /
+    ``high``) for float images, which have no bit depth. The record names the mode used.
     """
 
     mode: str = "percentile"
@@ -39,7 +41,7 @@ class IntensityScaling:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"intensity scaling mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "percentile" and not 0.0 <= float(self.low) < float(self.high) <= 100.0:
+        if self.mode in ("percentile", "auto") and not 0.0 <= float(self.low) < float(self.high) <= 100.0:
             raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}")
 
 
@@ -50,6 +52,8 @@ def scale_to_uint8(image: np.ndarray, scaling: IntensityScaling = IntensityScali
     255 (``low`` / ``high``); ``IntensityScaling("range", record["low"], record["high"])``
     reproduces the mapping on another image.
     """
+    if scaling.mode == "auto":
+        scaling = replace(scaling, mode="bit_depth" if np.asarray(image).dtype.kind in "ui" else "percentile")
     data = np.asarray(image, dtype=np.float32)
     channels = data.shape[0]
     if scaling.mode == "percentile":

@@ -92,14 +92,18 @@ def crops_from_file(path: str | Path, model: "CellFluxModel") -> np.ndarray:
 
 
 def extraction_config(crop_size: int) -> "ExtractionConfig":
-    """The default cell extraction with its lengths scaled from 96-px crops to ``crop_size``."""
+    """The widget's cell extraction: the default one with its lengths scaled from 96-px crops to
+    ``crop_size``, and camera counts scaled by bit depth (IntensityScaling "auto"; see
+    :func:`crops_from_field` for why)."""
     from napari_cellflux.data.extract import ExtractionConfig
+    from napari_cellflux.data.intensity import IntensityScaling
 
     default = ExtractionConfig()
     f = crop_size / REFERENCE_CROP_SIZE
     return replace(
         default,
         crop_size=crop_size,
+        scaling=IntensityScaling("auto"),
         smoothing_sigma=default.smoothing_sigma * f,
         min_area=max(1, round(default.min_area * f * f)),
         min_separation=max(1, round(default.min_separation * f)),
@@ -119,14 +123,10 @@ def crops_from_field(
     sample controls, against 1.05-1.2x and 1.07-1.25x by bit depth; docs/plugin.md). Float
     images have no bit depth and keep the percentile scaling."""
     from napari_cellflux.data.extract import extract_cells
-    from napari_cellflux.data.intensity import IntensityScaling
 
     image = stack_channels(arrays, source)
-    config = extraction_config(model.image_size)
-    if np.asarray(image).dtype.kind in "ui":
-        config = replace(config, scaling=IntensityScaling("bit_depth"))
     try:
-        cells = extract_cells(image, config, labels=labels)
+        cells = extract_cells(image, extraction_config(model.image_size), labels=labels)
     except ValueError as err:  # its messages name the array "image"; say which input it was
         raise InputError(f"{source}: {err}") from None
     return check_crops(cells.crops, model, source)
@@ -169,8 +169,7 @@ def crops_from_plate(
     depth, as in :func:`crops_from_field`."""
     import tempfile
 
-    from napari_cellflux.data.intensity import IntensityScaling
-    from napari_cellflux.data.plate_extraction import extract_fields, read_field
+    from napari_cellflux.data.plate_extraction import extract_fields
     from napari_cellflux.data.plates import find_fields, is_loaddata, normalize_well
     from napari_cellflux.models.channels import nucleus_channel
 
@@ -203,8 +202,6 @@ def crops_from_plate(
         raise InputError(f"Controls: none of the wells {', '.join(sorted(wanted))} has images in {where} (imaged: {imaged}); "
                          "tick imaged wells, or check the images folder and name pattern")
     config = replace(extraction_config(model.image_size), nucleus_channel=nucleus_channel(chosen[0].channels))
-    if read_field(chosen[0], None, names).dtype.kind in "ui":
-        config = replace(config, scaling=IntensityScaling("bit_depth"))
     with tempfile.TemporaryDirectory(prefix="cellflux-plate-") as out:
         extract_fields(chosen, out, config, pixel_size_um=pixel_size_um, model_pixel_size_um=model.pixel_size_um,
                        model_channels=names, warn=warn)
