@@ -19,6 +19,9 @@ from napari_cellflux.errors import InputError
 SPLITS = ("train", "test")
 COLUMNS = ("path", "perturbation", "batch", "is_control", "split", "line")
 # Files with these suffixes store one cell as (H, W, C) (IMPA .npy) or (C, H, W) (plain TIFF).
+# One meaning of true / false in every CSV a user writes (cells.csv, plate maps).
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "f"})
 NPY_SUFFIXES = (".npy",)
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -75,6 +78,22 @@ class CellTable:
         if held:
             cells = cells[cells["is_control"] | ~cells["perturbation"].str.lower().isin(held)]
         return replace(self, cells=cells.reset_index(drop=True))
+
+
+def read_text_table(csv: str | Path, what: str, fix: str) -> pd.DataFrame:
+    """A CSV a user wrote, every cell as text and header names stripped; an unreadable one is an
+    InputError that names it as ``what`` and says ``fix``."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise FileNotFoundError(f"{what} {csv} does not exist")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{what} {csv} is empty; {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"{csv}: not a readable {what} ({' '.join(str(err).split())}); {fix}") from None
+    table.columns = [c.strip() for c in table.columns]
+    return table
 
 
 def check_split_name(split: str) -> None:

@@ -21,13 +21,18 @@ import numpy as np
 import pandas as pd
 
 from napari_cellflux.atomic import atomic_write_bytes, atomic_write_text
-from napari_cellflux.data.cells import CellTable, check_split_name, make_cell_table
+from napari_cellflux.data.cells import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    CellTable,
+    check_split_name,
+    make_cell_table,
+    read_text_table,
+)
 from napari_cellflux.errors import InputError
 
 CSV_NAME = "cells.csv"
 REQUIRED = ("file", "perturbation", "batch", "is_control", "split")
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
 
 
 def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files: bool = True) -> CellTable:
@@ -35,10 +40,7 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
     source = Path(csv_path)
     if not source.is_file():
         raise FileNotFoundError(f"plain-format CSV {source} does not exist; pass the path of cells.csv")
-    try:
-        raw = pd.read_csv(source, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"plain-format CSV {source} is empty; it needs the header {','.join(REQUIRED)}") from None
+    raw = read_text_table(source, "plain-format CSV", f"it needs the header {','.join(REQUIRED)}")
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         raise InputError(
@@ -46,7 +48,7 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
         )
     lines = np.arange(2, len(raw) + 2)  # line 1 is the header
     flag = raw["is_control"].str.strip().str.lower()
-    bad = ~flag.isin(_TRUE | _FALSE)
+    bad = ~flag.isin(TRUE_WORDS | FALSE_WORDS)
     if bad.any():
         first = int(bad.to_numpy().argmax())
         raise InputError(
@@ -57,7 +59,7 @@ def read_plain(csv_path: str | Path, *, channels: int | None = None, check_files
             "path": [str(source.parent / f.strip()) if f.strip() else "" for f in raw["file"]],
             "perturbation": raw["perturbation"].to_numpy(),
             "batch": raw["batch"].to_numpy(),
-            "is_control": flag.isin(_TRUE).to_numpy(),
+            "is_control": flag.isin(TRUE_WORDS).to_numpy(),
             "split": raw["split"].str.strip().to_numpy(),
             "line": lines,
         }
@@ -76,11 +78,7 @@ def check_prefix(prefix: str) -> str:
 def _previous_table(csv_path: Path) -> pd.DataFrame | None:
     if not csv_path.is_file():
         return None
-    try:
-        previous = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{csv_path}: not a readable CSV ({' '.join(str(err).split())}); repair or remove it, "
-                         "or write to another folder") from None
+    previous = read_text_table(csv_path, "CSV", "repair or remove it, or write to another folder")
     if "file" not in previous.columns:
         raise InputError(f"{csv_path}: has no 'file' column, so it is not a plain-format table; "
                          "repair or remove it, or write to another folder")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from napari_cellflux.data.plain import _FALSE, _TRUE  # one meaning of true/false in the project's CSVs
+from napari_cellflux.data.cells import FALSE_WORDS, TRUE_WORDS, read_text_table
 from napari_cellflux.errors import InputError
 
 Warn = Callable[[str], None]
@@ -51,6 +51,9 @@ class Field:
     origin: str = ""
     treatment: Treatment | None = None
     select: tuple[int, ...] | None = None
+
+LOADDATA_FIX = "save it as a CSV with a header (FileName_<Channel>, PathName_<Channel>, Metadata_Well, ...)"
+PLATE_MAP_FIX = "save it as a CSV with the header well,perturbation,is_control[,batch]"
 
 
 def normalize_well(text: str) -> str | None:
@@ -134,7 +137,7 @@ def is_loaddata(csv: Path) -> bool:
 def fields_from_loaddata(csv: Path, plan: list[tuple[str, str]] | None) -> list[Field]:
     """The fields of a CellProfiler LoadData CSV (FileName_<C>, PathName_<C>, Metadata_Plate / _Well /
     _Site); a relative PathName is relative to the CSV's folder."""
-    table = _read_csv(csv, "LoadData CSV")
+    table = read_text_table(csv, "LoadData CSV", LOADDATA_FIX)
     available = [c[len("FileName_"):] for c in table.columns if c.startswith("FileName_")]
     missing = [] if available else ["FileName_<channel>"]
     missing += [f"PathName_{c}" for c in available if f"PathName_{c}" not in table.columns]
@@ -220,7 +223,7 @@ def _compile(pattern: str) -> re.Pattern:
 
 def read_plate_map(csv: Path) -> dict[str, tuple[Treatment, int]]:
     """well -> (treatment, CSV line) from a plate map with columns well, perturbation, is_control[, batch]."""
-    table = _read_csv(csv, "plate map")
+    table = read_text_table(csv, "plate map", PLATE_MAP_FIX)
     missing = [c for c in PLATE_MAP_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{csv}: plate map lacks columns {missing}; its header must hold well,perturbation,is_control[,batch]")
@@ -231,12 +234,12 @@ def read_plate_map(csv: Path) -> dict[str, tuple[Treatment, int]]:
             raise InputError(f"{csv} line {line}: well {row['well']!r} is not a well name; write e.g. A01 or B7")
         if well in wells:
             raise InputError(f"{csv} line {line}: well {well} is listed again (first on line {wells[well][1]}); keep one row per well")
-        if flag not in _TRUE | _FALSE:
+        if flag not in TRUE_WORDS | FALSE_WORDS:
             raise InputError(f"{csv} line {line}: is_control = {row['is_control']!r}; write true or false")
         if not row["perturbation"].strip():
             raise InputError(f"{csv} line {line}: well {well} has no perturbation; name it (e.g. DMSO)")
         batch = row["batch"].strip() if "batch" in table.columns and row["batch"].strip() else None
-        wells[well] = (Treatment(row["perturbation"].strip(), flag in _TRUE, batch), line)
+        wells[well] = (Treatment(row["perturbation"].strip(), flag in TRUE_WORDS, batch), line)
     return wells
 
 
@@ -256,17 +259,6 @@ def apply_plate_map(fields: list[Field], csv: Path, warn: Warn) -> list[Field]:
         warn(f"wells {', '.join(unmapped[:8])}{' ...' if len(unmapped) > 8 else ''} have images but no row in {csv}: "
              "their treatment is unknown, so they are left out; add rows to include them")
     return [replace(f, treatment=wells[f.well][0]) for f in fields if f.well in wells]
-
-
-def _read_csv(csv: Path, what: str) -> pd.DataFrame:
-    if not Path(csv).is_file():
-        raise FileNotFoundError(f"{what} {csv} does not exist")
-    try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{csv}: not a readable {what} ({' '.join(str(err).split())}); save it as a CSV with a header") from None
-    table.columns = [c.strip() for c in table.columns]
-    return table
 
 
 def find_fields(
