@@ -28,10 +28,16 @@ def test_the_estimate_scales_one_timed_evaluation_to_the_run(monkeypatch):
     assert "1000 cells x 100 network evaluations" in estimate.describe()
 
 
-def test_a_cheap_model_is_timed_on_a_whole_warm_batch():
+def test_a_cheap_model_is_timed_on_a_whole_warm_batch_when_the_run_may_be_long():
+    model = tiny_model()
+    estimate = cost.estimate_cost(model, torch.zeros(8, 3, 32, 32), 10**7, model.sampling, batch_size=6)
+    assert estimate.probe_cells == 6 and estimate.evaluations == model.sampling.evaluations
+
+
+def test_a_short_run_costs_one_timed_cell():
     model = tiny_model()
     estimate = cost.estimate_cost(model, torch.zeros(8, 3, 32, 32), 100, model.sampling, batch_size=6)
-    assert estimate.probe_cells == 6 and estimate.evaluations == model.sampling.evaluations
+    assert estimate.probe_cells == 1 and estimate.evaluations == model.sampling.evaluations
     assert not estimate.long  # a tiny model on 100 cells: well under a minute
 
 

@@ -50,10 +50,11 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
     run's guidance and speed options, and scale them to ``n_cells`` cells and
     ``sampling.evaluations`` evaluations.
 
-    One cell is timed first. Where that is cheap, a whole batch (as the run will use) is timed
-    next, warm, because small models run far faster per cell in batches; where it is dear (a
-    published model on a CPU: seconds per cell) the one-cell time is used as it is, which errs
-    long by the first call's overhead."""
+    One cell is timed first; scaled up, that errs long (first-call overhead, no batching). Where
+    it still says the run is short, that is the answer, and short interactive runs pay for one
+    cell only. Where it says long and the batch is cheap to time, a whole batch (as the run will
+    use) is timed next, warm, because small models run far faster per cell in batches; where it
+    is dear (a published model on a CPU: seconds per cell) the one-cell time stands."""
     one_step = SamplingConfig(solver="euler", grid="uniform", steps=1, guidance=sampling.guidance,
                               noise_level=sampling.noise_level)
 
@@ -66,7 +67,7 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
     probe = controls[:1]
     seconds = timed(probe)
     batch = min(len(controls), n_cells, batch_size)
-    if batch > 1 and seconds * batch < PROBE_BUDGET_S:
+    if batch > 1 and seconds * n_cells * sampling.evaluations > LONG_RUN_S and seconds * batch < PROBE_BUDGET_S:
         probe = controls[:batch]
         seconds = timed(probe)
     return CostEstimate(
