@@ -23,7 +23,7 @@ from napari_cellflux.cli import main as cli_main
 from napari_cellflux.core.unet import preset
 from napari_cellflux.models import zoo as zoo_module
 from napari_cellflux.models.channels import DATASET_CHANNELS
-from napari_cellflux.models.model_file import file_sha256, save_model
+from napari_cellflux.models.model_file import file_sha256, load_model_file, save_model
 from napari_cellflux.models.zoo import (
     HF_BASE,
     REGISTRY,
@@ -414,3 +414,11 @@ def test_real_registry_listing_needs_no_network(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     for name in ("bbbc021", "rxrx1", "cpg0000"):
         assert re.search(rf"{name}\s+published\s+downloadable", out)
+
+
+def test_converted_file_records_the_entrys_pixel_size(tmp_path, server, published):
+    zoo = make_zoo(tmp_path, server, tiny_entry(pixel_size_um=0.5, pixel_size_source="test: a 40x camera"))
+    model = zoo.load("tiny", progress=False)
+    assert (model.pixel_size_um, model.pixel_size_source) == (0.5, "test: a 40x camera")
+    stored = load_model_file(zoo.path("tiny"))
+    assert (stored.pixel_size_um, stored.pixel_size_source) == (0.5, "test: a 40x camera")

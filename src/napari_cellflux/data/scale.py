@@ -39,7 +39,8 @@ def check_pixel_size(value, what: str) -> float:
 def pixel_size_from_tiff(path: str | Path) -> tuple[float, str] | None:
     """(µm per pixel, where it was read) from a TIFF's own metadata, or None where it records none.
 
-    Read: OME-XML ``PhysicalSizeX`` (with its unit), and X/YResolution when the unit is microns
+    Read: OME-XML ``PhysicalSizeX`` (with its unit), MetaMorph's spatial calibration (the UIC1 tag
+    of MetaMorph / MetaXpress files such as BBBC021's), and X/YResolution when the unit is microns
     (ImageJ writes the unit into its description). Not read: resolution in inches or centimetres,
     which cameras and instruments fill with the sensor's or a print size (the Opera Phenix files of
     JUMP say 6.45 µm for 0.6 µm pixels), so trusting it would rescale by 10x.
@@ -53,8 +54,11 @@ def pixel_size_from_tiff(path: str | Path) -> tuple[float, str] | None:
                 found = _ome_size(tif.ome_metadata)
                 if found is not None:
                     return check_pixel_size(found, f"{path} (OME PhysicalSizeX)"), "tiff:ome"
-            unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
             tags = tif.pages.first.tags
+            found = _metamorph_size(tags)
+            if found is not None:
+                return check_pixel_size(found, f"{path} (MetaMorph XCalibration)"), "tiff:metamorph"
+            unit = str((tif.imagej_metadata or {}).get("unit", "")).strip().lower()
             if unit in _MICRONS and "XResolution" in tags:
                 numerator, denominator = tags["XResolution"].value  # pixels per unit
                 if numerator and denominator and (numerator, denominator) != (1, 1):
@@ -64,6 +68,16 @@ def pixel_size_from_tiff(path: str | Path) -> tuple[float, str] | None:
     except Exception as err:  # tifffile raises many types for a damaged file
         raise InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again") from None
     return None
+
+
+def _metamorph_size(tags) -> float | None:
+    """µm per pixel from MetaMorph's UIC1 tag, only where spatial calibration is on and in microns."""
+    uic = tags["UIC1tag"].value if "UIC1tag" in tags else None
+    if not isinstance(uic, dict) or not uic.get("SpatialCalibration"):
+        return None
+    if str(uic.get("CalibrationUnits", "")).strip().lower() not in _MICRONS or not uic.get("XCalibration"):
+        return None
+    return float(uic["XCalibration"])
 
 
 def _ome_size(xml: str) -> float | None:

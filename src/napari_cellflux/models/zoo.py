@@ -208,6 +208,9 @@ class Zoo:
             )
         if isinstance(entry, BundledModel) and not model.control_statistics:
             model.control_statistics = statistics_beside(path)  # pinned bytes: the statistics ship beside the file
+        if isinstance(entry, PublishedModel) and model.pixel_size_um is None and entry.pixel_size_um is not None:
+            # converted before the registry knew the scale: its bytes stay pinned, the registry fills the gap
+            model.pixel_size_um, model.pixel_size_source = entry.pixel_size_um, entry.pixel_size_source
         return model
 
     def remove(self, name: str, *, unpin: bool = False) -> list[Path]:
@@ -315,10 +318,12 @@ class Zoo:
         from napari_cellflux.models.published import load_published
 
         try:
-            return load_published(
+            model = load_published(
                 raw, embeddings=vocabulary, kind=entry.perturbation_kind, channels=entry.channels,
                 image_size=entry.image_size, use_ema=True, config=entry.config,
             )
+            model.pixel_size_um, model.pixel_size_source = entry.pixel_size_um, entry.pixel_size_source
+            return model
         except ValueError as err:  # includes UnsafeCheckpointError
             raw.unlink(missing_ok=True)
             raise ZooError(

@@ -69,7 +69,9 @@ class PublishedModel:
 
     config: a UNet preset name (the published architecture) or a UNetConfig (tests use tiny ones).
     embeddings: the perturbation embedding table, None if none is published (the model is then
-    conditioned on explicit embeddings or a user table only).
+    conditioned on explicit embeddings or a user table only). pixel_size_um: µm per pixel of the
+    training crops (None: unknown), with ``pixel_size_source`` saying where the number comes from
+    (docs/zoo.md cites each); converted files record both.
     """
 
     name: str
@@ -83,6 +85,8 @@ class PublishedModel:
     description: str = ""
     trained_on: str = ""
     licence: str = ""
+    pixel_size_um: float | None = None
+    pixel_size_source: str = "unknown"
     kind: ClassVar[str] = "published"
 
     def unet_config(self) -> "UNetConfig":
@@ -99,9 +103,24 @@ _LICENCE = (
 )
 
 
-def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, description: str, trained_on: str) -> PublishedModel:
+# Pixel sizes of the published training crops. IMPA's preprocessing code (which CellFlux reuses) is
+# not public (theislab/IMPA holds none; its README points to the preprocessed data on Zenodo,
+# record 8307629), so the acquisition's pixel size is recorded, with the inference that the 96 px
+# crops keep it: a crop then spans 48 µm (BBBC021) or 57 µm (cpg0000), one cell with its
+# surroundings as in the papers' example crops, where half resolution would put several cells in
+# one crop. docs/zoo.md gives the evidence.
+_BBBC021_SCALE = (0.496, "BBBC021 acquisition: MetaMorph calibration 0.496298 µm/px of the raw 20X fields "
+                         "(binning 1x1); 96 px crops taken at full resolution (inferred, IMPA's preprocessing is not public)")
+_CPG0000_SCALE = (0.598, "cpg0000 acquisition: Opera Phenix Harmony metadata, 6.5 µm camera pixel x binning 2 / "
+                         "(20x objective x 1.087); 96 px crops taken at full resolution (inferred, IMPA's preprocessing is not public)")
+_RXRX1_SCALE = (None, "unknown: RxRx1's documentation (rxrx.ai, recursionpharma/rxrx-datasets) states no pixel size "
+                      "for its 512 x 512 images")
+
+
+def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, description: str, trained_on: str,
+                   scale: tuple[float | None, str]) -> PublishedModel:
     """The authors' checkpoint for ``dataset`` on Hugging Face, named after the dataset, with the
-    dataset's published architecture and channels."""
+    dataset's published architecture and channels; ``scale`` = (µm per pixel or None, its source)."""
     return PublishedModel(
         name=dataset,
         dataset=dataset,
@@ -113,6 +132,8 @@ def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, descr
         description=description,
         trained_on=trained_on,
         licence=_LICENCE,
+        pixel_size_um=scale[0],
+        pixel_size_source=scale[1],
     )
 
 
@@ -122,16 +143,16 @@ REGISTRY: tuple[ZooEntry, ...] = (
     _authors_model(
         "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, size="~80 kB"), "compound",
         description="CellFlux, BBBC021 (MCF-7, 34 compounds + DMSO; DNA, tubulin, actin)",
-        trained_on="BBBC021 in IMPA's preprocessing, 8 compounds held out; checkpoint of epoch 99",
+        trained_on="BBBC021 in IMPA's preprocessing, 8 compounds held out; checkpoint of epoch 99", scale=_BBBC021_SCALE,
     ),
     _authors_model(
         "rxrx1", RemoteFile("embeddings/csv/rxrx1_gene2vec_embeddings.csv", IMPA_RXRX1_BASE, size="~2.5 MB"), "gene",
         description="CellFlux, RxRx1 (siRNA, 1,042 genes; 6 channels)",
-        trained_on="RxRx1 in IMPA's preprocessing; checkpoint of epoch 29",
+        trained_on="RxRx1 in IMPA's preprocessing; checkpoint of epoch 29", scale=_RXRX1_SCALE,
     ),
     _authors_model(
         "cpg0000", RemoteFile("data/cpg0000/cpg0000_combined_embeddings.csv"), "other",
         description="CellFlux, JUMP cpg0000 (U2OS; compounds, CRISPR, ORF; 5 channels)",
-        trained_on="JUMP cpg0000 in IMPA's preprocessing; checkpoint of epoch 79",
+        trained_on="JUMP cpg0000 in IMPA's preprocessing; checkpoint of epoch 79", scale=_CPG0000_SCALE,
     ),
 )
