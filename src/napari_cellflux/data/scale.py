@@ -93,11 +93,13 @@ def _ome_size(xml: str) -> float | None:
 
 
 def rescale_to(image: np.ndarray, from_um: float, to_um: float, *, labels: bool = False) -> np.ndarray:
-    """(C, H, W) field at ``from_um`` µm/px -> (C, H', W') float32 at ``to_um`` µm/px, H' = H * from/to.
+    """(C, H, W) field at ``from_um`` µm/px -> (C, H', W') at ``to_um`` µm/px, H' = H * from/to.
 
     Anti-aliased when shrinking (a Gaussian before sampling, so fine texture does not alias into
-    the coarser grid), bilinear, intensities kept in their own range. ``labels``: a label image,
-    resampled by nearest neighbour and kept integer, so no label is blended into another.
+    the coarser grid), bilinear, intensities kept in their own range. Camera counts (integers) stay
+    integers of their dtype, rounded, so the bit-depth intensity scaling still sees camera counts;
+    other images come back float32. ``labels``: a label image, resampled by nearest neighbour and
+    kept integer, so no label is blended into another.
     """
     from skimage.transform import rescale
 
@@ -107,8 +109,13 @@ def rescale_to(image: np.ndarray, from_um: float, to_um: float, *, labels: bool 
     if labels:
         return rescale(np.asarray(image), factor, order=0, channel_axis=0, anti_aliasing=False,
                        preserve_range=True).astype(np.asarray(image).dtype)
-    return rescale(np.asarray(image, dtype=np.float32), factor, order=1, channel_axis=0,
-                   anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+    dtype = np.asarray(image).dtype
+    out = rescale(np.asarray(image, dtype=np.float32), factor, order=1, channel_axis=0,
+                  anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+    if dtype.kind in "ui":
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(out), limits.min, limits.max).astype(dtype)
+    return out
 
 
 @dataclass(frozen=True)

@@ -111,20 +111,40 @@ def extraction_config(crop_size: int) -> "ExtractionConfig":
 
 
 def crops_from_field(
-    arrays: Sequence[np.ndarray], model: "CellFluxModel", source: str, labels: np.ndarray | None = None
+    arrays: Sequence[np.ndarray], model: "CellFluxModel", source: str, labels: np.ndarray | None = None,
+    pixel_size_um: float | None = None,
 ) -> np.ndarray:
     """Cells cut out of a whole field: one (C, H, W) / (H, W, C) image or one (H, W) plane per
     channel. Nuclei are segmented on the first channel (the DNA stain) unless ``labels`` (H, W)
     come from another segmentation.
+
+    ``pixel_size_um`` (µm per pixel of the field) brings the field to the model's pixel size first,
+    as ``cellflux extract`` does, so a crop covers the field of view the model learned; unknown
+    while the model's is known, the field is taken to be at the model's size, with a warning.
 
     Camera counts (integer pixels) are scaled by the camera's bit depth, a fixed range, as
     the training crops of a screen were: per-field percentiles would stretch each field on its
     own (on the bundled field sample: 1.9-2.8x brighter and 2-4x more textured crops than the
     sample controls, against 1.05-1.2x and 1.07-1.25x by bit depth; docs/plugin.md). Float
     images have no bit depth and keep the percentile scaling."""
-    from napari_cellflux.data.extract import extract_cells
+    from napari_cellflux.data.extract import as_channels_first, extract_cells
+    from napari_cellflux.data.scale import check_pixel_size, rescale_to
 
     image = stack_channels(arrays, source)
+    if pixel_size_um is not None:
+        pixel_size_um = check_pixel_size(pixel_size_um, f"{source}: pixel size")
+    if model.pixel_size_um is not None and pixel_size_um is not None:
+        try:
+            image = rescale_to(as_channels_first(image, name=source), pixel_size_um, model.pixel_size_um)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        if labels is not None:
+            labels = rescale_to(np.asarray(labels)[None], pixel_size_um, model.pixel_size_um, labels=True)[0]
+    elif model.pixel_size_um is not None:
+        import warnings
+
+        warnings.warn(f"Controls: {source}: pixel size unknown: assuming the model's {model.pixel_size_um:g} µm per "
+                      "pixel; set the field's pixel size", stacklevel=2)
     try:
         cells = extract_cells(image, extraction_config(model.image_size), labels=labels)
     except ValueError as err:  # its messages name the array "image"; say which input it was
