@@ -106,7 +106,7 @@ def child(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "peak_rss_mib": C.max_rss_mib(),
         "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        "on_disk_mib": sum(p.stat().st_size for p in args.out.glob("chunk_*.npy")) / 2**20,
+        "on_disk_mib": sum(p.stat().st_size for p in args.out.rglob("chunk_*.npy")) / 2**20,
         "all_states_in_memory_mib": args.n_cells * cell_bytes * (args.steps + 1) / 2**20,
         "device": str(device),
     }))

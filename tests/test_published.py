@@ -110,7 +110,8 @@ def test_checkpoint_metadata_sampling_defaults_and_channels(tmp_path):
     assert model.vocabulary.kind == "compound" and len(model.vocabulary) == 0 and model.vocabulary.dim == 8
     assert model.training["lr"] == 1e-4 and model.training["betas"] == [0.9, 0.95]
     assert model.training["resume"] is None
-    assert model.training["extra"] == str({"a": 1})  # values that are not plain become strings
+    assert model.training["extra"] == {"a": 1}  # dicts of plain values stay (ode_options is one)
+    assert model.sampling.steps == 50  # no ode_options recorded: the paper's steps
     assert model.provenance["dataset"] == "bbbc021"
 
 
@@ -328,3 +329,43 @@ def test_argparse_namespace_is_allowed(tmp_path):
     torch.save({"args": argparse.Namespace(dataset="rxrx1", cfg_scale=0.0), "w": torch.ones(2)}, path)
     obj = torch_load_safely(path)
     assert obj["args"].dataset == "rxrx1" and torch.equal(obj["w"], torch.ones(2))
+
+
+# --- steps from args.ode_options (issue 15) ----------------------------------------------------
+
+
+def authors_edm_grid(nfes: int) -> torch.Tensor:
+    """The authors' get_time_discretization(nfes) as docs/method.md states it: nfes sigmas, then 0."""
+    i = torch.arange(nfes, dtype=torch.float64)
+    sigma = (80 ** (1 / 7) + i / (nfes - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    sigma = torch.cat([sigma, torch.zeros(1, dtype=torch.float64)])
+    return 1.0 - sigma / (1 + sigma)
+
+
+@pytest.mark.parametrize("args, steps", [
+    (dict(ode_method="heun2", edm_schedule=True, ode_options={"nfe": 50}), 50),  # the authors' scripts
+    (dict(ode_method="heun2", edm_schedule=True, ode_options={"nfe": 12}), 12),
+    (dict(ode_method="euler", edm_schedule=True, ode_options={"nfe": 12.0}), 12),
+    (dict(ode_method="midpoint", edm_schedule=False, ode_options={"step_size": 0.05}), 20),  # their default kind
+    (dict(ode_method="midpoint", edm_schedule=False, ode_options={"nfe": 12}), 50),  # nfe shapes only the EDM grid
+    (dict(ode_method="heun2", edm_schedule=True, ode_options={"nfe": 1}), 50),  # too few for the EDM grid
+    (dict(ode_method="heun2", edm_schedule=True, ode_options={"nfe": "many"}), 50),
+    (dict(ode_method="midpoint", edm_schedule=False, ode_options={"step_size": 0.3}), 50),  # no whole number of steps
+])
+def test_recorded_nfe_is_the_default_step_count(args, steps):
+    sampling = PublishedCheckpoint.from_dict({"model": {}, "args": argparse.Namespace(**args)}, source="t").sampling_defaults()
+    assert sampling.steps == steps
+
+
+def test_a_converted_model_samples_the_authors_grid(tmp_path):
+    from napari_cellflux.core.solvers import time_grid
+
+    args = argparse.Namespace(dataset="bbbc021", ode_method="heun2", edm_schedule=True, ode_options={"nfe": 12})
+    make_published_checkpoint(tmp_path / "checkpoint.pth", tiny_config(), seed=3, args=args)
+    model = load_published(tmp_path / "checkpoint.pth")
+    save_model(model, tmp_path / "model.safetensors")
+    sampling = load_model_file(tmp_path / "model.safetensors").sampling
+    # nfe is their grid's number of intervals: the same 13 times, 12 Heun steps, 24 network evaluations
+    assert (sampling.solver, sampling.grid, sampling.steps, sampling.evaluations) == ("heun", "edm", 12, 24)
+    torch.testing.assert_close(time_grid("edm", sampling.steps).double(), authors_edm_grid(12), atol=1e-6, rtol=0)
+    assert model.training["ode_options"] == {"nfe": 12}

@@ -11,6 +11,8 @@ from plugin_helpers import tiny_model, tiny_model_file
 
 from napari_cellflux.cli import main
 from napari_cellflux.generation import screen as S
+from napari_cellflux.generation import screen_files as F
+from napari_cellflux.generation.screen_plan import rank_units
 from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
@@ -40,51 +42,57 @@ def full(model, pool, tmp_path_factory):
     return out, report
 
 
-def cells(out) -> np.ndarray:
-    return np.concatenate([c for _, c in S.read_screen(out).chunks()])
+def cells(out, name="colchicine") -> np.ndarray:
+    return np.concatenate([c for _, c in F.read_screen(out)[name].chunks()])
 
 
 def test_screen_writes_chunks_and_manifest(full, pool):
     out, report = full
-    assert report.written == [0, 1, 2] and not report.skipped and report.complete
-    saved = S.read_screen(out)
-    assert saved.complete and saved.n_chunks == 3
-    assert [saved.chunk(i).shape for i in range(3)] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
-    assert saved.chunk(0).dtype == np.uint8
+    assert report.written == [("colchicine", i) for i in range(3)] and not report.skipped and report.complete
+    saved = F.read_screen(out)
+    assert saved.complete and saved.n_chunks == 3 and saved.perturbations == ["colchicine"]
+    part = saved["colchicine"]
+    assert [part.chunk(i).shape for i in range(3)] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
+    assert part.chunk(0).dtype == np.uint8 and part.chunk_path(0) == out / "0000_colchicine" / "chunk_000000.npy"
     m = saved.manifest
     assert m["n_cells"] == N_CELLS and m["chunk_size"] == CHUNK and m["seed"] == 3
-    assert m["condition"]["perturbation"] == "colchicine" and m["sampling"] == FAST.to_dict()
+    assert m["perturbations"] == [{"name": "colchicine", "condition": "vocabulary", "folder": "0000_colchicine",
+                                   "is_control": False}]
+    assert m["sampling"] == FAST.to_dict()
     assert m["controls"] == {"n": 5, "sha256": S.pool_sha256(pool)}
-    assert not list(out.glob(".*.part"))
+    assert not list(out.rglob(".*.part"))
     # the cells really moved away from their controls
-    start = pool[saved.control_indices(2)].astype(float)
-    assert np.abs(saved.chunk(2).astype(float) - start).mean() > 1
+    start = pool[part.control_indices(2)].astype(float)
+    assert np.abs(part.chunk(2).astype(float) - start).mean() > 1
 
 
 def test_interrupted_screen_resumes_without_redoing_chunks(full, model, pool, tmp_path):
     first = screen(model, pool, tmp_path, max_chunks=1)
-    assert first.written == [0] and first.remaining == [1, 2]
-    done = (tmp_path / S.chunk_name(0)).stat().st_mtime_ns
+    assert first.written == [("colchicine", 0)] and first.remaining == [("colchicine", 1), ("colchicine", 2)]
+    folder = tmp_path / "0000_colchicine"
+    done = (folder / F.chunk_name(0)).stat().st_mtime_ns
 
     calls = []
     cancel_after = lambda: calls.append(1) or len(calls) > 2  # cancels inside the second chunk
     second = screen(model, pool, tmp_path, cancel=cancel_after)
-    assert second.cancelled and second.skipped == [0] and second.written == [] and second.remaining == [1, 2]
-    assert not (tmp_path / S.chunk_name(1)).exists() and not list(tmp_path.glob(".*.part"))
+    assert second.cancelled and second.skipped == [("colchicine", 0)] and second.written == []
+    assert second.remaining == [("colchicine", 1), ("colchicine", 2)]
+    assert not (folder / F.chunk_name(1)).exists() and not list(tmp_path.rglob(".*.part"))
 
     third = screen(model, pool, tmp_path)
-    assert third.skipped == [0] and third.written == [1, 2] and third.complete
-    assert (tmp_path / S.chunk_name(0)).stat().st_mtime_ns == done  # not rewritten
+    assert third.skipped == [("colchicine", 0)] and third.written == [("colchicine", 1), ("colchicine", 2)]
+    assert third.complete and (folder / F.chunk_name(0)).stat().st_mtime_ns == done  # not rewritten
     assert np.array_equal(cells(tmp_path), cells(full[0]))
 
 
 def test_deleted_chunk_is_remade_identically(full, model, pool, tmp_path):
     screen(model, pool, tmp_path)
-    (tmp_path / S.chunk_name(1)).unlink()
-    (tmp_path / f".{S.chunk_name(1)}.deadbeef.part").write_bytes(b"half a chunk")  # a killed writer's leftover
+    folder = tmp_path / "0000_colchicine"
+    (folder / F.chunk_name(1)).unlink()
+    (folder / f".{F.chunk_name(1)}.deadbeef.part").write_bytes(b"half a chunk")  # a killed writer's leftover
     report = screen(model, pool, tmp_path)
-    assert report.written == [1] and report.skipped == [0, 2]
-    assert not list(tmp_path.glob(".*.part"))
+    assert report.written == [("colchicine", 1)] and report.skipped == [("colchicine", 0), ("colchicine", 2)]
+    assert not list(tmp_path.rglob(".*.part"))
     assert np.array_equal(cells(tmp_path), cells(full[0]))
 
 
@@ -95,8 +103,8 @@ def test_two_ranks_make_disjoint_chunks_that_equal_one_process(full, model, pool
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("LOCAL_RANK", str(rank))
         reports.append(screen(model, pool, tmp_path))
-    assert reports[0].written == [0, 2] and reports[1].written == [1]
-    assert S.read_screen(tmp_path).complete
+    assert reports[0].written == [("colchicine", 0), ("colchicine", 2)] and reports[1].written == [("colchicine", 1)]
+    assert F.read_screen(tmp_path).complete
     assert np.array_equal(cells(tmp_path), cells(full[0]))
 
 
@@ -113,12 +121,13 @@ def test_manifest_mismatch_is_a_clear_error(full, model, pool):
 
 
 def test_chunk_draws_depend_only_on_seed_and_index():
-    a = S.chunk_control_indices(1, 5, 10, 7)
-    assert np.array_equal(a, S.chunk_control_indices(1, 5, 10, 7))
-    assert not np.array_equal(a, S.chunk_control_indices(1, 6, 10, 7))
-    assert S.chunk_seed(1, 5) != S.chunk_seed(1, 6) and S.chunk_seed(1, 5) == S.chunk_seed(1, 5)
-    assert list(S.rank_chunks(7, 1, 3)) == [1, 4]
-    assert S.chunk_count(20, 8) == 3 and S.chunk_size_of(2, 20, 8) == 4
+    a = F.chunk_control_indices(1, 5, 10, 7)
+    assert np.array_equal(a, F.chunk_control_indices(1, 5, 10, 7))
+    assert not np.array_equal(a, F.chunk_control_indices(1, 6, 10, 7))
+    assert F.chunk_seed(1, 5) != F.chunk_seed(1, 6) and F.chunk_seed(1, 5) == F.chunk_seed(1, 5)
+    assert rank_units(1, 7, 1, 3) == [(0, 1), (0, 4)]
+    assert rank_units(2, 3, 1, 2) == [(0, 1), (1, 0), (1, 2)]  # units 1, 3, 5 of p * 3 + chunk
+    assert F.chunk_count(20, 8) == 3 and F.chunk_size_of(2, 20, 8) == 4
 
 
 def test_screen_memory_is_one_chunk(model, pool, tmp_path, monkeypatch):
@@ -147,8 +156,8 @@ def test_cli_screen_all_states(tmp_path, capsys):
     assert "1 left to make" in capsys.readouterr().out
     assert main(args) == 0
     assert "1 already on disk" in capsys.readouterr().out
-    saved = S.read_screen(tmp_path / "s")
-    assert saved.complete and saved.chunk(1).shape == (2, 3, 3, 32, 32)  # (n, T, C, H, W)
+    saved = F.read_screen(tmp_path / "s")
+    assert saved.complete and saved["PP-2"].chunk(1).shape == (2, 3, 3, 32, 32)  # (n, T, C, H, W)
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["states"] == "all"
     assert main(args[:-1] + ["--seed", "9"]) == 2  # a different screen in the same folder
     assert "different virtual screen" in capsys.readouterr().err

@@ -1,21 +1,25 @@
-"""Virtual screens: generate any number of perturbed cells in chunks streamed to disk.
+"""Virtual screens: generate any number of perturbed cells of one or many perturbations, in chunks
+streamed to disk.
 
-A screen of ``n_cells`` cells is cut into chunks of ``chunk_size``. Chunk i draws its control
-cells from the control pool with replacement (seeded by (seed, i)) and its sampling noise from
-a seed derived from (seed, i), so every chunk is reproducible on its own, whatever process,
-GPU or order makes it. Each finished chunk is written atomically as ``chunk_<i:06d>.npy``
-(stored pixels, uint8 for 8-bit models: (n, C, H, W) final states, or (n, T, C, H, W) with all
-states), beside ``manifest.json`` (model hash, condition, sampling, seed, sizes, control pool
-hash, the pool's domain check). Memory is one chunk, whatever ``n_cells`` is.
+Each perturbation's ``n_cells`` cells are cut into chunks of ``chunk_size``. Chunk i draws its
+control cells from the control pool with replacement (seeded by (seed, i)) and its sampling noise
+from a seed derived from (seed, i), the same for every perturbation, so every chunk is reproducible
+on its own, whatever process, GPU or order makes it, and perturbations differ by their condition
+alone. Each finished chunk is written atomically as ``<folder>/chunk_<i:06d>.npy`` (stored pixels,
+uint8 for 8-bit models: (n, C, H, W) final states, or (n, T, C, H, W) with all states), where
+``folder`` is the perturbation's (:mod:`.screen_plan`), beside ``manifest.json`` (model hash, the
+perturbations, sampling, seed, sizes, control pool hash, the pool's domain check; the layout is
+:mod:`.screen_files`). Memory is one chunk, whatever ``n_cells`` and the number of perturbations.
 
 Restart the same command and it skips the chunks already on disk (the atomic rename means a
 chunk file that exists is complete) after checking that the manifest describes the same screen.
-Under ``torchrun`` (or with RANK / WORLD_SIZE set), rank r makes chunks r, r + W, r + 2W, ...
-on GPU LOCAL_RANK; no process group is needed. No Qt, no napari.
+Under ``torchrun`` (or with RANK / WORLD_SIZE set), rank r makes the (perturbation, chunk) units
+r, r + W, r + 2W, ... on GPU LOCAL_RANK; rank 0 writes the manifest and the other ranks wait for it
+(no process group is needed). No Qt, no napari.
 
->>> report = run_screen(model, control_pixels, "screen/", perturbation="taxol", n_cells=100_000)
->>> screen = read_screen("screen/")                  # manifest + chunk files
->>> for index, cells in screen.chunks(): ...          # (n, C, H, W) uint8, memory-mapped
+>>> report = run_screen(model, control_pixels, "screen/", perturbation=["taxol", "colchicine"], n_cells=100_000)
+>>> screen = read_screen("screen/")                  # manifest + chunk files (see screen_files)
+>>> for index, cells in screen["taxol"].chunks(): ...  # (n, C, H, W) uint8, memory-mapped
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,48 +37,31 @@ import numpy as np
 from napari_cellflux.atomic import atomic_write, atomic_write_text
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation.controls import check_crops
-from napari_cellflux.generation.generate import GenerationCancelled, condition_vector, generate
+from napari_cellflux.generation.generate import GenerationCancelled, generate
+from napari_cellflux.generation.screen_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    chunk_control_indices,
+    chunk_count,
+    chunk_name,
+    chunk_seed,
+    chunk_size_of,
+    read_manifest,
+)
+from napari_cellflux.generation.screen_plan import ScreenEntry, plan_screen, rank_units
 from napari_cellflux.models.domain import check_domain
 from napari_cellflux.runtime import autocast_dtype, distributed_env, dtype_name
 from napari_cellflux.settings import SpeedOptions
 
 if TYPE_CHECKING:
+    from napari_cellflux.generation.cost import CostEstimate
     from napari_cellflux.models.model_file import CellFluxModel
     from napari_cellflux.settings import SamplingConfig
 
-MANIFEST = "manifest.json"
-FORMAT = "napari-cellflux/screen"
-FORMAT_VERSION = 1
 # Manifest keys that describe the run, not the screen: they may differ on a resume.
 NOT_IDENTITY = ("created_by", "domain_check")
-
-
-def chunk_name(index: int) -> str:
-    return f"chunk_{index:06d}.npy"
-
-
-def chunk_count(n_cells: int, chunk_size: int) -> int:
-    return -(-n_cells // chunk_size)
-
-
-def chunk_size_of(index: int, n_cells: int, chunk_size: int) -> int:
-    """Cells in chunk ``index`` (the last one may be smaller)."""
-    return min(chunk_size, n_cells - index * chunk_size)
-
-
-def chunk_control_indices(seed: int, index: int, n: int, pool_size: int) -> np.ndarray:
-    """The control-pool rows (drawn with replacement) that chunk ``index`` starts from."""
-    return np.random.default_rng([seed, index, 0]).integers(0, pool_size, n)
-
-
-def chunk_seed(seed: int, index: int) -> int:
-    """The sampling-noise seed of chunk ``index`` (independent of the chunks around it)."""
-    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def rank_chunks(n_chunks: int, rank: int, world_size: int) -> range:
-    """The chunks rank ``rank`` of ``world_size`` makes: rank, rank + W, ..."""
-    return range(rank, n_chunks, world_size)
+MANIFEST_POLL_S = 0.2
 
 
 def pool_sha256(pixels: np.ndarray) -> str:
@@ -85,22 +72,29 @@ def pool_sha256(pixels: np.ndarray) -> str:
 
 @dataclass
 class ScreenReport:
-    """What one :func:`run_screen` call did. ``written``: chunks made now; ``skipped``: chunks of
-    this rank found on disk; ``remaining``: chunks of this rank still to make (after a cancel or
-    ``max_chunks``). ``domain_check``: the control pool against the model's training controls
+    """What one :func:`run_screen` call did, in (perturbation name, chunk index) units.
+    ``written``: made now; ``skipped``: this rank's found on disk; ``remaining``: this rank's still
+    to make (after a cancel or ``max_chunks``). ``n_chunks``: chunks per perturbation.
+    ``domain_check``: the control pool against the model's training controls
     (:meth:`napari_cellflux.models.domain.DomainReport.to_dict`), also in the manifest."""
 
     out: Path
+    perturbations: list[str]
     n_chunks: int
     rank: int
     world_size: int
-    written: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    remaining: list[int] = field(default_factory=list)
+    written: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    remaining: list[tuple[str, int]] = field(default_factory=list)
     cancelled: bool = False
     seconds: float = 0.0
     cells_written: int = 0
     domain_check: dict = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        """Chunks of the whole screen (all perturbations, all ranks)."""
+        return len(self.perturbations) * self.n_chunks
 
     @property
     def complete(self) -> bool:
@@ -112,7 +106,7 @@ def screen_manifest(
     model: "CellFluxModel",
     controls: np.ndarray,
     *,
-    condition: dict,
+    entries: Sequence[ScreenEntry],
     sampling: "SamplingConfig",
     n_cells: int,
     chunk_size: int,
@@ -120,6 +114,7 @@ def screen_manifest(
     precision: str,
     all_states: bool,
 ) -> dict:
+    """The manifest of a screen (format 2, see :mod:`.screen_files`); ``n_cells`` per perturbation."""
     import torch
 
     from napari_cellflux import __version__
@@ -132,13 +127,15 @@ def screen_manifest(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_sha256": model.sha256,
-        "condition": condition,
+        "perturbations": [e.to_dict() for e in entries],
+        "n_perturbations": len(entries),
         "sampling": sampling.to_dict(),
         "seed": seed,
         "n_cells": n_cells,
         "chunk_size": chunk_size,
         "n_chunks": chunk_count(n_cells, chunk_size),
-        "chunk_files": "chunk_<index:06d>.npy",
+        "counts": "n_cells cells per perturbation, in n_chunks chunks of chunk_size (the last may be smaller)",
+        "chunk_files": "<perturbations[p].folder>/chunk_<index:06d>.npy",
         "chunk_layout": layout,
         "dtype": np.dtype(dtype).name,
         **states,
@@ -148,7 +145,9 @@ def screen_manifest(
         "precision": precision,
         "controls": {"n": int(len(controls)), "sha256": pool_sha256(controls)},
         "controls_per_chunk": "rows of the control pool drawn with replacement, "
-                              "numpy default_rng([seed, chunk, 0]).integers(0, n, size)",
+                              "numpy default_rng([seed, chunk, 0]).integers(0, n, size); the same for every perturbation",
+        "noise_per_chunk": "torch CPU generator seeded with numpy SeedSequence([seed, chunk, 1]); the same for every perturbation",
+        "work_units": "(perturbation p, chunk) as u = p * n_chunks + chunk; rank r of W makes u = r, r + W, ...",
         "created_by": {"napari_cellflux_version": __version__, "torch_version": torch.__version__},
     }
 
@@ -157,13 +156,27 @@ def _identity(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in NOT_IDENTITY}
 
 
-def check_or_write_manifest(out: Path, manifest: dict) -> None:
-    """Write ``manifest.json`` in a new screen folder; in an existing one, it must describe the
-    same screen (else a ValueError names the differences: use another --out, or the old settings)."""
+def check_or_write_manifest(out: Path, manifest: dict, *, rank: int = 0, wait_s: float = 600.0) -> None:
+    """Rank 0 writes ``manifest.json`` in a new screen folder; the other ranks wait up to ``wait_s``
+    for it. An existing one must describe the same screen (else an InputError names the differences:
+    use another --out, or the old settings)."""
     path = out / MANIFEST
+    if rank > 0:
+        deadline = time.monotonic() + wait_s
+        while not path.is_file():
+            if time.monotonic() >= deadline:
+                raise InputError(f"rank {rank}: rank 0 has not written {path} within {wait_s:g} s; start every rank "
+                                 "(torchrun does), with rank 0 among them")
+            time.sleep(MANIFEST_POLL_S)
     if path.is_file():
         old = read_manifest(path)
+        if old.get("format_version", 0) < FORMAT_VERSION:
+            raise InputError(f"{out} holds a screen of an earlier napari-cellflux (format {old.get('format_version')}); "
+                             "read_screen still reads it, but it cannot be resumed: write this screen to another --out folder")
         a, b = _identity(old), _identity(json.loads(json.dumps(manifest)))
+        if a.get("perturbations") != b.get("perturbations"):
+            raise InputError(f"{out} holds a virtual screen of other perturbations ({_list_change(a, b)}). "
+                             "Resume it with its original list, or write this screen to another --out folder")
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if differ:
             details = "; ".join(f"{k}: on disk {_short(a.get(k))}, now {_short(b.get(k))}" for k in differ[:6])
@@ -172,10 +185,22 @@ def check_or_write_manifest(out: Path, manifest: dict) -> None:
                 "or write this screen to another --out folder"
             )
         return
-    if out.exists() and any(p.name.startswith("chunk_") for p in out.iterdir()):
+    if out.exists() and (any(out.glob("chunk_*.npy")) or any(out.glob("*/chunk_*.npy"))):
         raise InputError(f"{out} holds chunk files but no {MANIFEST}; it is not a screen this program can resume. "
                          "Use an empty --out folder")
     atomic_write_text(path, json.dumps(manifest, indent=2))
+
+
+def _list_change(old: dict, new: dict) -> str:
+    names = lambda m: [e.get("name") for e in m.get("perturbations") or []]  # noqa: E731
+    before, after = names(old), names(new)
+    added, dropped = [n for n in after if n not in before], [n for n in before if n not in after]
+    parts = [f"on disk {len(before)}: {_short(before)}"]
+    parts += [f"added {_short(added)}"] if added else []
+    parts += [f"dropped {_short(dropped)}"] if dropped else []
+    if not added and not dropped:
+        parts.append("same names, other order or conditions")
+    return "; ".join(parts)
 
 
 def _short(value) -> str:
@@ -194,9 +219,9 @@ def _chunk_on_disk(path: Path, shape: tuple[int, ...], dtype: str) -> bool:
     return tuple(array.shape) == shape and array.dtype.name == dtype
 
 
-def _remove_stale_parts(out: Path, index: int) -> None:
+def _remove_stale_parts(folder: Path, index: int) -> None:
     # atomic_write's temporary files are ".<name>.<uuid>.part"; a killed process leaves them behind.
-    for part in out.glob(f".{chunk_name(index)}.*.part"):
+    for part in folder.glob(f".{chunk_name(index)}.*.part"):
         try:
             part.unlink()
         except FileNotFoundError:
@@ -210,8 +235,9 @@ def run_screen(
     *,
     n_cells: int,
     chunk_size: int = 1024,
-    perturbation: str | None = None,
-    smiles: str | None = None,
+    perturbation: str | Sequence[str] | None = None,
+    smiles: str | Mapping[str, str] | None = None,
+    all_perturbations: bool = False,
     sampling: "SamplingConfig | None" = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -220,18 +246,25 @@ def run_screen(
     rank: int | None = None,
     world_size: int | None = None,
     max_chunks: int | None = None,
+    manifest_wait_s: float = 600.0,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    before_run: "Callable[[CostEstimate], bool] | None" = None,
 ) -> ScreenReport:
-    """Generate ``n_cells`` cells of ``perturbation`` (or ``smiles``) from the control pool
-    ``controls`` (N, C, H, W stored pixels) into the folder ``out``, one chunk at a time.
+    """Generate ``n_cells`` cells of each perturbation from the control pool ``controls`` (N, C, H, W
+    stored pixels) into the folder ``out``, one chunk at a time. The perturbations
+    (:func:`.screen_plan.plan_screen`): ``perturbation`` names (or ``all_perturbations``: the whole
+    vocabulary), then ``smiles`` (one SMILES, or name -> SMILES of unseen compounds); none: unconditional.
 
     Resumable: chunks already in ``out`` are skipped (the manifest must match). ``rank`` /
-    ``world_size`` (default: RANK / WORLD_SIZE from the environment) split the chunks between
-    processes. ``max_chunks`` stops after that many new chunks; ``cancel()`` is polled every
-    solver step (the chunk in progress is dropped). ``progress(done, total)`` counts this rank's
-    chunks, skipped ones included. Sampling and speed options are :func:`napari_cellflux.api.generate`'s.
-    The pool is first compared with the model's training controls (a DomainWarning per finding).
+    ``world_size`` (default: RANK / WORLD_SIZE from the environment) split the (perturbation,
+    chunk) units between processes; ranks above 0 wait up to ``manifest_wait_s`` for rank 0's
+    manifest. ``max_chunks`` stops after that many new chunks; ``cancel()`` is polled every solver
+    step (the chunk in progress is dropped). ``progress(done, total)`` counts this rank's units,
+    skipped ones included. ``before_run(estimate)`` is told what this rank's remaining chunks will
+    cost and stops the run (GenerationCancelled) by returning False. Sampling and speed options are
+    :func:`napari_cellflux.api.generate`'s. The pool is first compared with the model's training
+    controls (a DomainWarning per finding).
     """
     if int(n_cells) != n_cells or n_cells < 1:
         raise InputError(f"n_cells must be a positive integer, got {n_cells!r}")
@@ -249,61 +282,72 @@ def run_screen(
         raise InputError(f"the control pool must be (N, C, H, W) crops, got shape {controls.shape}")
     check_crops(controls, model, "control pool")
     sampling = sampling or model.sampling
-    _, condition = condition_vector(model, perturbation, smiles=smiles)
+    entries = plan_screen(model, perturbation, smiles=smiles, all_perturbations=all_perturbations)
     out = Path(out)
     if (out / MANIFEST).is_file():
         read_manifest(out / MANIFEST)  # a damaged one is an error before any warning
     domain = check_domain(model, controls)  # after the errors above: a mistake is reported alone
     dtype = autocast_dtype(speed.precision, model.device)
     manifest = screen_manifest(
-        model, controls, condition=condition, sampling=sampling, n_cells=n_cells, chunk_size=chunk_size,
+        model, controls, entries=entries, sampling=sampling, n_cells=n_cells, chunk_size=chunk_size,
         seed=seed, precision=dtype_name(dtype), all_states=all_states,
     )
     manifest["domain_check"] = domain.to_dict()
-    out.mkdir(parents=True, exist_ok=True)
-    check_or_write_manifest(out, manifest)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    check_or_write_manifest(out, manifest, rank=rank, wait_s=manifest_wait_s)
 
     n_chunks = manifest["n_chunks"]
-    mine = list(rank_chunks(n_chunks, rank, world_size))
-    report = ScreenReport(out=out, n_chunks=n_chunks, rank=rank, world_size=world_size, domain_check=manifest["domain_check"])
-    started = time.perf_counter()
+    report = ScreenReport(out=out, perturbations=[e.name for e in entries], n_chunks=n_chunks, rank=rank,
+                          world_size=world_size, domain_check=manifest["domain_check"])
     cell_shape = tuple(manifest["cell_shape"])
     n_times = len(manifest["times"]) if all_states else None
-    stopped = False
-    for done, index in enumerate(mine):
+
+    def shape_of(index: int) -> tuple[int, ...]:
         n = chunk_size_of(index, n_cells, chunk_size)
-        shape = (n, n_times, *cell_shape) if all_states else (n, *cell_shape)
-        path = out / chunk_name(index)
-        on_disk = _chunk_on_disk(path, shape, manifest["dtype"])
-        if not on_disk and not stopped:
+        return (n, n_times, *cell_shape) if all_states else (n, *cell_shape)
+
+    mine = [(entries[p], index) for p, index in rank_units(len(entries), n_chunks, rank, world_size)]
+    on_disk = [_chunk_on_disk(out / e.folder / chunk_name(i), shape_of(i), manifest["dtype"]) for e, i in mine]
+    if before_run is not None:
+        _announce_cost(model, controls, [u for u, done in zip(mine, on_disk) if not done], n_cells, chunk_size,
+                       sampling, speed, batch_size, before_run)
+    started = time.perf_counter()
+    stopped = False
+    for done, ((entry, index), present) in enumerate(zip(mine, on_disk)):
+        unit = (entry.name, index)
+        if not present and not stopped:
             if cancel is not None and cancel():
                 report.cancelled = stopped = True
             elif max_chunks is not None and len(report.written) >= max_chunks:
                 stopped = True
-        if on_disk:
-            report.skipped.append(index)
+        if present:
+            report.skipped.append(unit)
         elif stopped:
-            report.remaining.append(index)
+            report.remaining.append(unit)
             continue
         else:
-            _remove_stale_parts(out, index)
+            folder = out / entry.folder
+            folder.mkdir(exist_ok=True)
+            _remove_stale_parts(folder, index)
+            n = chunk_size_of(index, n_cells, chunk_size)
             rows = chunk_control_indices(seed, index, n, len(controls))
             try:
                 trajectory = generate(
-                    model, model.normalization.to_model(controls[rows]), perturbation, smiles=smiles,
+                    model, model.normalization.to_model(controls[rows]), **entry.generate_args(),
                     sampling=sampling, seed=chunk_seed(seed, index), batch_size=batch_size, cancel=cancel,
                     speed=speed, final_only=not all_states,
                 )
             except GenerationCancelled:
                 report.cancelled = stopped = True
-                report.remaining.append(index)
+                report.remaining.append(unit)
                 continue
             pixels = model.normalization.to_pixels(trajectory.states)  # (T or 1, n, C, H, W)
             del trajectory
             pixels = np.ascontiguousarray(pixels.swapaxes(0, 1)) if all_states else pixels[0]
-            with atomic_write(path) as f:
+            with atomic_write(folder / chunk_name(index)) as f:
                 np.save(f, pixels)
-            report.written.append(index)
+            report.written.append(unit)
             report.cells_written += n
         if progress is not None:
             progress(done + 1, len(mine))
@@ -311,64 +355,14 @@ def run_screen(
     return report
 
 
-@dataclass
-class Screen:
-    """A virtual screen folder read back: its manifest and which chunks are on disk."""
+def _announce_cost(model, controls, todo, n_cells, chunk_size, sampling, speed, batch_size, before_run) -> None:
+    """Estimate the cost of the ``todo`` (entry, chunk) units and ask ``before_run`` whether to go on."""
+    from napari_cellflux.generation.cost import estimate_cost
 
-    root: Path
-    manifest: dict
-
-    @property
-    def n_chunks(self) -> int:
-        return self.manifest["n_chunks"]
-
-    def chunk_path(self, index: int) -> Path:
-        return self.root / chunk_name(index)
-
-    @property
-    def present(self) -> list[int]:
-        return [i for i in range(self.n_chunks) if self.chunk_path(i).is_file()]
-
-    @property
-    def missing(self) -> list[int]:
-        return [i for i in range(self.n_chunks) if not self.chunk_path(i).is_file()]
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    def chunk(self, index: int) -> np.ndarray:
-        """Chunk ``index`` memory-mapped: (n, C, H, W) (or (n, T, C, H, W) with all states)."""
-        return np.load(self.chunk_path(index), mmap_mode="r")
-
-    def control_indices(self, index: int) -> np.ndarray:
-        """Rows of the control pool that chunk ``index``'s cells started from."""
-        m = self.manifest
-        n = chunk_size_of(index, m["n_cells"], m["chunk_size"])
-        return chunk_control_indices(m["seed"], index, n, m["controls"]["n"])
-
-    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(index, cells) for every chunk on disk, in order, one memory-mapped chunk at a time."""
-        for index in self.present:
-            yield index, self.chunk(index)
-
-
-def read_manifest(path: Path) -> dict:
-    """The JSON object in a screen's ``manifest.json``; anything else is an InputError naming it."""
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err}); the screen folder is damaged: write the screen to a new --out") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{path}: not a napari-cellflux screen manifest; write the screen to a new or empty --out folder")
-    if not isinstance(manifest.get("format_version", 0), int) or manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(f"{path}: a screen manifest of a newer napari-cellflux; upgrade napari-cellflux to read it")
-    return manifest
-
-
-def read_screen(root: str | Path) -> Screen:
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; {root} is not a virtual screen written by `cellflux screen`")
-    return Screen(root, read_manifest(path))
+    if not todo:
+        return
+    cells = sum(chunk_size_of(index, n_cells, chunk_size) for _, index in todo)
+    probe = model.normalization.to_model(controls[:batch_size])
+    estimate = estimate_cost(model, probe, cells, sampling, speed, todo[0][0].generate_args(), batch_size=batch_size)
+    if not before_run(estimate):
+        raise GenerationCancelled(f"not started: {estimate.describe()}")

@@ -23,7 +23,7 @@ from napari_cellflux.models.channels import DATASET_CHANNELS, Channel, default_c
 from napari_cellflux.models.model_file import CellFluxModel, file_sha256, load_weights
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
-from napari_cellflux.settings import DATASET_KINDS, SOLVER_ALIASES, SOLVER_NAMES, SamplingConfig
+from napari_cellflux.settings import DATASET_KINDS, GRID_MIN_STEPS, SOLVER_ALIASES, SOLVER_NAMES, SamplingConfig
 
 ALLOWED_GLOBALS = (argparse.Namespace,)
 
@@ -109,16 +109,45 @@ class PublishedCheckpoint:
         return {**self.live, **dict(zip(names, self.ema))}
 
     def sampling_defaults(self) -> SamplingConfig:
-        """The authors' sampling settings recorded in ``args``, else the paper's."""
+        """The authors' sampling settings recorded in ``args``, else the paper's (steps: see
+        :func:`recorded_steps`)."""
         a, paper = self.args, SamplingConfig()
         solver = a.get("ode_method", paper.solver)
+        grid = {True: "edm", False: "uniform"}.get(a.get("edm_schedule"), paper.grid)
         return SamplingConfig(
             # An adaptive solver of theirs (e.g. dopri5) has no fixed-grid twin here: use the paper's.
             solver=solver if solver in SOLVER_NAMES or solver in SOLVER_ALIASES else paper.solver,
-            grid={True: "edm", False: "uniform"}.get(a.get("edm_schedule"), paper.grid),
+            grid=grid,
+            steps=recorded_steps(a.get("ode_options"), grid, paper.steps),
             guidance=float(a.get("cfg_scale", paper.guidance)),
             noise_level=float(a.get("noise_level", paper.noise_level)),
         )
+
+
+def recorded_steps(ode_options, grid: str, default: int) -> int:
+    """Solver steps of the authors' ``args.ode_options`` for ``grid``, else ``default``.
+
+    On the EDM grid their sampler builds the grid with ``get_time_discretization(nfes=nfe)``:
+    nfe + 1 times, so ``nfe`` is the number of solver steps, not of network evaluations (their
+    Heun takes 2 evaluations a step: nfe 50 = 100 evaluations, the paper's count). On the uniform
+    grid they step by ``step_size``: 1 / step_size steps. Anything else (no options, a value that
+    is no whole number of steps the grid allows) keeps ``default``.
+    """
+    if not isinstance(ode_options, dict):
+        return default
+    if grid == "edm":
+        steps = ode_options.get("nfe")
+    else:
+        size = ode_options.get("step_size")
+        steps = 1.0 / size if _is_number(size) and size > 0 else None
+        steps = round(steps) if steps is not None and abs(steps - round(steps)) < 1e-6 else None
+    if not _is_number(steps) or steps != int(steps) or steps < GRID_MIN_STEPS[grid]:
+        return default
+    return int(steps)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_ema_key(key: str) -> bool:
@@ -126,12 +155,15 @@ def _is_ema_key(key: str) -> bool:
 
 
 def _plain(values: dict) -> dict:
-    """JSON-ready copy of ``args``: numbers, strings, bools, None and lists stay; the rest is str()."""
+    """JSON-ready copy of ``args``: numbers, strings, bools, None, lists and dicts of them stay
+    (``ode_options`` is a dict); the rest is str()."""
     def convert(v):
         if isinstance(v, (int, float, str, bool)) or v is None:
             return v
         if isinstance(v, (list, tuple)):
             return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): convert(x) for k, x in v.items()}
         return str(v)
 
     return {str(k): convert(v) for k, v in values.items()}

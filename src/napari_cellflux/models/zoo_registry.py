@@ -22,6 +22,10 @@ HF_BASE = "https://huggingface.co/suyc21/CellFlux/resolve/main/"
 # (CellFlux reuses IMPA's preprocessing). Commits are pinned, so a URL always names the same bytes.
 IMPA_BBBC021_BASE = "https://raw.githubusercontent.com/theislab/IMPA/e4a28351d6ea1e729c5196a42421fb022a5f6fac/"
 IMPA_RXRX1_BASE = "https://raw.githubusercontent.com/theislab/IMPA/823f3d1fb72739ab65b57d3ea44327c6472bf322/"
+# The bytes of the two IMPA tables at those commits (issue 15), so their first download is checked
+# too instead of trusted: emb_fp.csv 76,090 B, rxrx1_gene2vec_embeddings.csv 2,489,502 B.
+EMB_FP_SHA256 = "6c61c5851b1b6d6a9f6d122614684a1f97ce94c2e024aa1f54b31eca630fcbe9"
+RXRX1_GENE2VEC_SHA256 = "ea80e88865d448063079a863043d36b73de06eede7b7b8941971833224132b53"
 
 
 def _is_sha256(value: str) -> bool:
@@ -98,8 +102,8 @@ class PublishedModel:
 ZooEntry = Union[BundledModel, PublishedModel]
 
 _LICENCE = (
-    "no licence stated on the Hugging Face model repo; the authors' GitHub README shows an MIT "
-    "badge. Check with the authors before redistributing the weights"
+    "no licence stated on the Hugging Face model repo; the authors' GitHub repository carries an MIT "
+    "LICENSE file. Check with the authors before redistributing the weights"
 )
 
 
@@ -141,12 +145,14 @@ REGISTRY: tuple[ZooEntry, ...] = (
     BundledModel("demo", "demo.safetensors", sha256="3918131537108478b7ccad280cb2d4d7a5ba3eac63b59bd0fd16b2d5ae222066",
                  description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
     _authors_model(
-        "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, size="~80 kB"), "compound",
+        "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, sha256=EMB_FP_SHA256,
+                              size="76,090 B"), "compound",
         description="CellFlux, BBBC021 (MCF-7, 34 compounds + DMSO; DNA, tubulin, actin)",
         trained_on="BBBC021 in IMPA's preprocessing, 8 compounds held out; checkpoint of epoch 99", scale=_BBBC021_SCALE,
     ),
     _authors_model(
-        "rxrx1", RemoteFile("embeddings/csv/rxrx1_gene2vec_embeddings.csv", IMPA_RXRX1_BASE, size="~2.5 MB"), "gene",
+        "rxrx1", RemoteFile("embeddings/csv/rxrx1_gene2vec_embeddings.csv", IMPA_RXRX1_BASE, sha256=RXRX1_GENE2VEC_SHA256,
+                            size="2,489,502 B"), "gene",
         description="CellFlux, RxRx1 (siRNA, 1,042 genes; 6 channels)",
         trained_on="RxRx1 in IMPA's preprocessing; checkpoint of epoch 29", scale=_RXRX1_SCALE,
     ),
