@@ -8,9 +8,10 @@ Sections: cpu_demo (16 cells x 20 network evaluations on the CPU, the widget's G
 throughput (images/s and % of the GPU's bf16 peak per model size and batch size, eager fp32
 baseline vs fast path, peak memory), quality (quality vs network evaluations for euler /
 midpoint / heun on uniform and EDM grids), screen_memory (virtual-screen peak memory vs number of
-cells). RESULTS.md is rebuilt from every section JSON in the output folder, so sections run
-separately still make one table. Every JSON records the date, torch version, CPU, and on a GPU
-its name, driver and CUDA version.
+cells), and, asked for by name, cpu_path (the CPU fast path of issue 16 in one run of ratios:
+``--sections cpu_path``, about 30 minutes on 2 cores). RESULTS.md is rebuilt from every section
+JSON in the output folder, so sections run separately still make one table. Every JSON records
+the date, torch version, CPU, and on a GPU its name, driver and CUDA version.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from napari_cellflux.runtime import DTYPES
 from . import common as C
 
 SECTIONS = ("cpu_demo", "throughput", "quality", "screen_memory")
+OPT_IN_SECTIONS = ("cpu_path",)  # long on a CPU and CPU-only: run when named
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
@@ -39,13 +41,14 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     if args.quick:
         s = dict(demo_cells=4, demo_nfe=4, repeats=1, warmup=0, throughput_nfe=4, demo_batches=[4], paper_batches=[8], throughput_guidance=[0.2],
                  quality_cells=4, nfe_list=[4], reference_nfe=4, screen_cells=[24, 72], screen_chunk=12,
-                 screen_batch=12, screen_steps=1)
+                 screen_batch=12, screen_steps=1, cpu_repeats=1, screen_rounds=1)
     else:
         s = dict(demo_cells=16, demo_nfe=20, repeats=5, warmup=1, throughput_nfe=10,
                  demo_batches=[256, 1024, 4096] if gpu else [16, 64], paper_batches=[64, 256],
                  throughput_guidance=[0.2, 0.0] if gpu else [0.2],
                  quality_cells=256 if gpu else 32, nfe_list=[4, 6, 8, 10, 16, 20, 40, 100], reference_nfe=100,
-                 screen_cells=[1000, 4000], screen_chunk=256, screen_batch=256, screen_steps=4)
+                 screen_cells=[1000, 4000], screen_chunk=256, screen_batch=256, screen_steps=4,
+                 cpu_repeats=3, screen_rounds=3)
         if gpu:
             s["repeats"] = 3
     for key in s:
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "(default: the bundled demo if installed, else random-demo)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--device", default="auto", help="device for throughput / quality / screen_memory (cpu_demo is always the CPU)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", choices=SECTIONS + OPT_IN_SECTIONS, default=list(SECTIONS),
+                   help=f"default: {' '.join(SECTIONS)}; {' '.join(OPT_IN_SECTIONS)} runs only when named")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="add torch.compile variants (auto: on CUDA only; inductor on a CPU takes minutes)")
     p.add_argument("--compile-modes", nargs="+", choices=list(api.COMPILE_MODES), help="exact compile modes to add")
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--screen-chunk", type=int)
     g.add_argument("--screen-batch", type=int)
     g.add_argument("--screen-steps", type=int)
+    g.add_argument("--cpu-repeats", type=int, help="cpu_path: interleaved rounds of the paper preset and training step (default 3)")
+    g.add_argument("--screen-rounds", type=int, help="cpu_path: fresh-process rounds per screen setting (default 3)")
     args = p.parse_args(argv)
     return run_main("python -m benchmarks.run", lambda: run(args, argv))
 
@@ -110,10 +116,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     common = {"quick": args.quick, "settings": s, "command": "python -m benchmarks.run " + " ".join(argv or sys.argv[1:])}
 
-    from . import quality, screen_memory, speed
+    from . import cpu_path, quality, screen_memory, speed
 
     demo = None
-    if {"cpu_demo", "quality", "screen_memory"} & set(args.sections):
+    if {"cpu_demo", "quality", "screen_memory", "cpu_path"} & set(args.sections):
         demo = C.load_demo_model(args.model, torch.device("cpu"))
     if "cpu_demo" in args.sections:
         print("cpu_demo ...", flush=True)
@@ -150,6 +156,13 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
                                        parallel=args.quick)
         C.write_json(args.out / "screen_memory.json", {**common, **result, "model": demo[1],
                                                         "environment": C.environment(device)})
+    if "cpu_path" in args.sections:
+        print("cpu_path ...", flush=True)
+        spec = args.model or (C.RANDOM_DEMO if demo[1].startswith(C.RANDOM_DEMO) else "demo")
+        demo[0].to("cpu")
+        result = cpu_path.run(demo[0], spec, quick=args.quick, repeats=s["repeats"], paper_repeats=s["cpu_repeats"],
+                              screen_rounds=s["screen_rounds"])
+        C.write_json(args.out / "cpu_path.json", {**common, "model": demo[1], **result})
     markdown = render(args.out)
     from napari_cellflux.atomic import atomic_write_text
 
@@ -284,6 +297,11 @@ def render(out: Path) -> str:
                   f"Fast path ({', '.join(f'{k}={v}' for k, v in fast['options'].items())}) at the reference sampler: endpoint error "
                   f"{100 * fast['relative_endpoint_error']:.2g}%, morphology {_f(None if fast['morphology_max_relative_difference'] is None else 100 * fast['morphology_max_relative_difference'], 2)}%.",
                   f"For scale, the control cells themselves: morphology {_f(None if ctrl['morphology_max_relative_difference'] is None else 100 * ctrl['morphology_max_relative_difference'], 2)}% from the reference.", ""]
+
+    if (out / "cpu_path.json").is_file():
+        from .cpu_path import render_markdown
+
+        lines += render_markdown(json.loads((out / "cpu_path.json").read_text()))
 
     if "screen_memory" in data:
         d = data["screen_memory"]

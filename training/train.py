@@ -253,6 +253,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
     ema = EMA(unet, max_decay=cfg.optim.ema_max_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     amp_dtype = autocast_dtype(cfg.optim.precision, device, training=True)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none (CPU or GPU)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     embeddings = data.vocabulary.embeddings.to(device)
     total_steps = cfg.optim.steps

@@ -1,5 +1,6 @@
-"""Speed machinery for the UNet: autocast, torch.compile (with CUDA graphs), memory layout.
-Each changes how the network runs, never what it computes beyond the bf16/fp16 tolerance."""
+"""Speed machinery for the UNet: autocast, torch.compile (with CUDA graphs), memory layout,
+images per forward. Each changes how the network runs, never what it computes beyond the
+bf16/fp16 tolerance; which to use where is runtime.execution_plan's choice."""
 
 from __future__ import annotations
 
@@ -57,22 +58,43 @@ def compiled_unet(unet, mode: str):
     return cache[mode]
 
 
-def fast_network(unet, device: torch.device, dtype: torch.dtype | None, compile: str | None):
+def split_forward(network, images_per_forward: int | None):
+    """``network(x, t, cond[, mask])`` run in parts of ``images_per_forward`` images (the last
+    may be smaller), outputs concatenated; the network sees smaller batches, the caller the same
+    result: bit for bit on CPUs where the forward is a multiple of 16 images, as then are all
+    its parts with runtime.execution_plan's caps, else within fp32 rounding (MKL sums the rows
+    of ragged batches in another order); tested."""
+    if images_per_forward is None:
+        return network
+
+    def in_parts(*args):
+        if len(args[0]) <= images_per_forward:
+            return network(*args)
+        parts = -(-len(args[0]) // images_per_forward)
+        pieces = [a.split(images_per_forward) if a is not None else [None] * parts for a in args]
+        return torch.cat([network(*chunk) for chunk in zip(*pieces)])
+
+    return in_parts
+
+
+def fast_network(unet, device: torch.device, dtype: torch.dtype | None, compile: str | None,
+                 images_per_forward: int | None = None):
     """The UNet as generate calls it: optionally compiled, run under autocast to ``dtype``,
-    returning fp32 velocities. With CUDA graphs (compile modes "reduce-overhead" and
+    returning fp32 velocities, at most ``images_per_forward`` images per forward
+    (:func:`split_forward`). With CUDA graphs (compile modes "reduce-overhead" and
     "max-autotune" on CUDA) every call starts a new graph step and its output is copied out of
     the graph's memory, because a solver step keeps one evaluation while it makes the next."""
     if compile is None:
-        return autocast_network(unet, dtype)
+        return split_forward(autocast_network(unet, dtype), images_per_forward)
     network = autocast_network(compiled_unet(unet, compile), dtype)
     if device.type != "cuda" or compile not in _CUDA_GRAPH_MODES:
-        return network
+        return split_forward(network, images_per_forward)
 
     def graphed(*args):
         torch.compiler.cudagraph_mark_step_begin()
         return network(*args).clone()
 
-    return graphed
+    return split_forward(graphed, images_per_forward)
 
 
 def set_memory_format(unet, channels_last: bool) -> None:
