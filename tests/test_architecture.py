@@ -15,12 +15,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "napari_cellflux"
 
 # Bottom to top; a module may import its own layer and the layers below it.
 LAYERS = (
-    ("napari_cellflux", "napari_cellflux.errors", "napari_cellflux.settings", "napari_cellflux.atomic"),
+    ("napari_cellflux", "napari_cellflux.errors", "napari_cellflux.settings", "napari_cellflux.atomic",
+     "napari_cellflux.process"),  # process: the OpenMP / allocator settings made before torch loads
     ("napari_cellflux.runtime",),
     ("napari_cellflux.core",),
     ("napari_cellflux.models",),
     ("napari_cellflux.data",),
-    ("napari_cellflux.generation",),
+    ("napari_cellflux.generation", "napari_cellflux.phenotype"),  # phenotype: readouts beside generation
     ("napari_cellflux.api", "napari_cellflux.cli"),  # cli: a package (commands, parser)
     ("napari_cellflux._napari",),
 )

@@ -70,7 +70,7 @@ def test_bf16_autocast_is_close_to_fp32(model, controls, reference):
     """bf16 keeps ~3 significant digits; over 6 network evaluations the cells (std ~0.8) stay
     within a few 1e-3 of fp32 (max |diff| 0.03 allowed, rms 0.01)."""
     trajectory = api.generate(model, controls, "colchicine", sampling=GUIDED, speed=SpeedOptions(precision="bf16", channels_last=True))
-    assert trajectory.metadata["precision"] == "bfloat16"
+    assert trajectory.metadata["precision"] == "bf16"  # the API's own name, so it can be passed back
     assert trajectory.states.dtype == torch.float32
     diff = trajectory.states - reference
     assert diff.abs().max() < 0.03

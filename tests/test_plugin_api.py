@@ -84,20 +84,23 @@ def test_result_export_whole_trajectory_and_one_state(model, cells, tmp_path):
     result = generate_from_pixels(model, cells, n_cells=4, device="cpu", perturbation="colchicine", seed=5)
     t = model.sampling.steps + 1
     assert result.pixels.shape == (t, 4, 3, 32, 32) and result.controls.shape == (4, 3, 32, 32)
+    assert result.frames.shape == (t + 1, 4, 3, 32, 32)  # the controls, then x_init and the grid states
     assert result.label == "colchicine"
 
     whole = result.write_tiff(tmp_path / "all.tif")
     with tifffile.TiffFile(whole) as tif:
-        assert tif.series[0].shape == (t, 4, 3, 32, 32) and tif.series[0].axes == "TZCYX"
+        assert tif.series[0].shape == (t + 1, 4, 3, 32, 32) and tif.series[0].axes == "TZCYX"
         info = json.loads(tif.imagej_metadata["Info"])
-        assert tif.imagej_metadata["Labels"][:3] == [f"t={result.times[0]:.3f} cell 0 {c}" for c in ("DNA", "cytoskeleton", "cytoplasm")]
+        assert tif.imagej_metadata["Labels"][:3] == [f"controls (t = 0), cell 0, {c}" for c in ("DNA", "cytoskeleton", "cytoplasm")]
     assert info["model_sha256"] == model.sha256 and info["seed"] == 5 and info["perturbation"] == "colchicine"
     assert (info["solver"], info["steps"], info["guidance"]) == ("euler", 4, 0.2)
+    assert info["frames"] == result.frame_names and info["mode"] == "sample"
+    np.testing.assert_array_equal(tifffile.imread(whole)[0], cells[:4])
 
     one = result.write_tiff(tmp_path / "one.tif", index=-1)
     np.testing.assert_array_equal(tifffile.imread(one), result.pixels[-1])
-    with pytest.raises(IndexError, match="has 5 states"):
-        result.write_tiff(tmp_path / "bad.tif", index=5)
+    with pytest.raises(IndexError, match="has 6 frames"):
+        result.write_tiff(tmp_path / "bad.tif", index=6)
 
 
 def test_an_unseen_compound_by_smiles(model, cells):
@@ -111,7 +114,7 @@ def test_writer_needs_generated_layers_of_one_run(model, cells, tmp_path):
     layer = (np.zeros((2, 2)), {"metadata": {LAYER_KEY: result}}, "image")
     plain = (np.zeros((2, 2)), {"metadata": {}}, "image")
     written = write_trajectory(str(tmp_path / "x.cellflux.tif"), [plain, layer, layer])
-    assert tifffile.imread(written[0]).shape == result.pixels.shape
+    assert tifffile.imread(written[0]).shape == result.frames.shape
     with pytest.raises(ValueError, match="none of the layers"):
         write_trajectory(str(tmp_path / "y.cellflux.tif"), [plain])
     other = (np.zeros((2, 2)), {"metadata": {LAYER_KEY: generate_from_pixels(model, cells, n_cells=2, device="cpu")}}, "image")

@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_cellflux.atomic import atomic_write_text, check_writable
-from napari_cellflux.cli import add_sampling_options
+from napari_cellflux.cli import add_mode_option, add_sampling_options
 from napari_cellflux.data.cells import SPLITS
 from napari_cellflux.data.screens import FORMATS
 from napari_cellflux.errors import InputError, run_main
 from napari_cellflux.models.model_file import CellFluxModel
 from napari_cellflux.runtime import resolve_device
-from napari_cellflux.settings import DEVICES, PRECISIONS, SamplingConfig
+from napari_cellflux.settings import DEFAULT_MODE, DEVICES, PRECISIONS, SamplingConfig, check_mode_noise
 
 from . import metrics as M
 from .evaluation.data import EvalData, Selection, load_eval_data, load_pixels, select_cells
@@ -69,6 +69,7 @@ class EvalConfig:
     grid: str | None = None
     guidance: float | None = None
     noise_level: float | None = None
+    mode: str = DEFAULT_MODE
     seed: int = 0
     batch_size: int = 64
     device: str = "auto"
@@ -76,13 +77,15 @@ class EvalConfig:
     nuclear_channel: int = 0
     moa_cells: int = 200
     kid_subsets: int = 100
+    rgb_composite: str = M.RGB_COMPOSITES[0]
     report: str | None = None
     quiet: bool = False
 
 
 def sampling_for(model: CellFluxModel, cfg: EvalConfig) -> SamplingConfig:
+    """The model's sampler with the given options, as ``cfg.mode`` runs it (morph: noise level 0)."""
     return model.sampling.with_overrides(steps=cfg.steps, solver=cfg.solver, grid=cfg.grid, guidance=cfg.guidance,
-                                         noise_level=cfg.noise_level)
+                                         noise_level=cfg.noise_level).for_mode(cfg.mode)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -110,7 +113,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     for model, condition in zip(models, conditions):
         if len(model.vocabulary):  # a SMILES had to stand in for a name the model's vocabulary lacks: never trained on
             selection.groups.update({name: "unseen" for name, how in condition.items() if "smiles" in how})
-    measure = CellMeasurer(cfg.nuclear_channel, M.rgb_matrix(data.format, data.shape[0]), inception, cfg.batch_size)
+    measure = CellMeasurer(cfg.nuclear_channel, M.rgb_matrix(data.format, data.shape[0]), inception, cfg.batch_size,
+                           cfg.rgb_composite)
     log(f"{len(selection.treated)} treated {cfg.split} cells of {len(selection.names)} perturbations "
         f"({sum(g == 'unseen' for g in selection.groups.values())} unseen)")
 
@@ -125,13 +129,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     checkpoints = []
     for model, path, condition in zip(models, cfg.checkpoints, conditions):
         sampling = sampling_for(model, cfg)
-        log(f"checkpoint {path}: {sampling.steps} {sampling.solver} steps, guidance {sampling.guidance:g}")
+        log(f"checkpoint {path}: mode {cfg.mode}, {sampling.steps} {sampling.solver} steps, guidance {sampling.guidance:g}")
         generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=cfg.seed,
-                                   batch_size=cfg.batch_size, precision=cfg.precision, log=log)
+                                   batch_size=cfg.batch_size, precision=cfg.precision, mode=cfg.mode, log=log)
         log("measuring generated cells")
         result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, classifier,
                        kid_subsets=cfg.kid_subsets, seed=cfg.seed)
-        checkpoints.append({**checkpoint_info(model, path), "sampling": sampling.to_dict(),
+        checkpoints.append({**checkpoint_info(model, path), "sampling": {"mode": cfg.mode, **sampling.to_dict()},
                             "summary": result["methods"]["cellflux"]})
     output = _clean({
         "schema": SCHEMA,
@@ -146,7 +150,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         "sampling": checkpoints[-1]["sampling"] | {"seed": cfg.seed},
         "features": {
             "inception_weights": str(Path(cfg.inception_weights).resolve()) if cfg.inception_weights else None,
-            "fid_images": "8-bit, [0, 1], " + rgb_description(data.format, data.shape[0]) + ", resized bilinearly to 299 x 299",
+            "fid_images": "8-bit, [0, 1], " + rgb_description(data.format, data.shape[0], cfg.rgb_composite) + ", resized bilinearly to 299 x 299",
             "morphology": M.morphology_columns(data.shape[0]),
             "effects": M.effect_columns(data.shape[0]),
             "nuclear_channel": cfg.nuclear_channel,
@@ -213,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cells", type=int, help="at most this many treated cells per perturbation (random, seeded)")
     p.add_argument("--max-perturbations", type=int, help="at most this many perturbations (random; 100 in the RxRx1/JUMP protocol)")
     p.add_argument("--perturbations", help="comma-separated perturbations to evaluate (default: all in the split)")
+    add_mode_option(p)
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -221,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nuclear-channel", type=int, default=0, help="the DNA stain channel, 0-based (default 0)")
     p.add_argument("--moa-cells", type=int, default=200, help="real cells per perturbation to train the MoA classifier on")
     p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--rgb-composite", choices=M.RGB_COMPOSITES, default=M.RGB_COMPOSITES[0],
+                   help="how channels are mixed to Inception's RGB: authors (default; mixed in model space, as the "
+                        "paper's numbers) or clip (stored pixels mixed, clamped to [0, 1]); the same for 3-channel data")
     p.add_argument("--report", help="folder for a Markdown + PNG report")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("n_cells", "max_perturbations", "batch_size", "moa_cells", "kid_subsets"):
             if values[name] is not None and values[name] < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {values[name]}")
+        check_mode_noise(values["mode"], values["noise_level"])
         check_writable(values["out"], what="--out", suffixes=(".json",))
         if values["report"]:
             check_writable(values["report"], what="--report", folder=True)

@@ -5,6 +5,7 @@ No Qt, no napari. The widget, the CLI, training and evaluation call these same f
 >>> model = api.load_model("demo")                         # zoo name, model file or checkpoint.pth
 >>> traj = api.generate(model, controls, "taxol", seed=0)  # controls (N, C, H, W) in [-1, 1]
 >>> traj.states.shape                                       # (T, N, C, H, W), T = steps + 1
+>>> morph = api.generate(model, controls, "taxol", mode="morph")  # from the clean controls (MODES)
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from napari_cellflux.generation.generate import (
 from napari_cellflux.models.model_file import CellFluxModel, is_own_format, load_model_file
 from napari_cellflux.models.published import load_published
 from napari_cellflux.runtime import autocast_dtype, best_device, native_bf16, resolve_device
-from napari_cellflux.settings import COMPILE_MODES, PRECISIONS, SamplingConfig, SpeedOptions
+from napari_cellflux.settings import COMPILE_MODES, MODES, PRECISIONS, SamplingConfig, SpeedOptions
 
 __all__ = [
-    "COMPILE_MODES", "PRECISIONS", "CellFluxModel", "GenerationCancelled", "ProgressCallback", "SamplingConfig",
+    "COMPILE_MODES", "MODES", "PRECISIONS", "CellFluxModel", "GenerationCancelled", "ProgressCallback", "SamplingConfig",
     "SpeedOptions", "Trajectory", "autocast_dtype", "best_device", "check_controls", "compile_mode",
     "condition_vector", "generate", "load_model", "native_bf16", "resolve_device",
 ]

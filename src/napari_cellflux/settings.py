@@ -21,6 +21,17 @@ SOLVER_ALIASES = {"heun2": "heun"}
 GRID_MIN_STEPS = {"uniform": 1, "edm": 2}
 GRID_NAMES = tuple(GRID_MIN_STEPS)
 
+# What a generation run answers (docs/modes.md). "morph" integrates from the clean control
+# (noise level 0; training draws a clean source half the time, noise_prob 0.5, so it is in the
+# model's training distribution) and keeps each cell's shape; "sample" is the paper's sampling.
+MODES = {
+    "morph": "morph each cell: what would this cell look like under the perturbation; the flow from the clean control, noise level 0",
+    "sample": "sample treated cells: what do treated cells of this batch look like; the paper's sampling from control + noise",
+}
+MODE_NAMES = tuple(MODES)
+# The API's and CLI's default: the paper's sampling, so evaluation numbers stay comparable with it.
+DEFAULT_MODE = "sample"
+
 # Network precision for generation. "auto" is reproducible across CPUs (fp32 there, bf16 on
 # GPUs that have it); "fast" also takes bf16 on CPUs that compute it natively (runtime.py).
 PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16")
@@ -38,6 +49,22 @@ KINDS = ("compound", "gene", "other")
 def _choice(what: str, value, names) -> None:
     if value not in names:
         raise InputError(f"unknown {what} {value!r}; choose one of {sorted(names)}")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of MODE_NAMES, else an InputError naming the choices."""
+    _choice("mode", mode, MODE_NAMES)
+    return mode
+
+
+def check_mode_noise(mode: str, noise_level: float | None) -> None:
+    """The command lines' ``--mode`` and an explicit ``--noise-level`` must agree: morph starts
+    from the clean control, so a noise level > 0 with it is an error rather than silently dropped.
+    (The API's SamplingConfig always carries a noise level; there morph uses 0 and records it.)"""
+    check_mode(mode)
+    if mode == "morph" and noise_level:
+        raise InputError(f"--mode morph starts from the clean controls (noise level 0), but --noise-level {noise_level:g} was given; "
+                         "drop --noise-level, or use --mode sample to sample from control + noise")
 
 
 def canonical_solver(name: str) -> str:
@@ -89,6 +116,11 @@ class SamplingConfig:
             raise InputError(f"unknown sampling settings {unknown}; valid: {sorted(asdict(self))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def for_mode(self, mode: str) -> "SamplingConfig":
+        """The settings a run in ``mode`` integrates with: morph from the clean control (noise
+        level 0, whatever these settings say), sample with these settings as they are."""
+        return replace(self, noise_level=0.0) if check_mode(mode) == "morph" else self
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -98,18 +130,25 @@ class SpeedOptions:
     """How the network runs, not what it computes (each is tested against the fp32 reference).
 
     precision: one of PRECISIONS; the ODE state is always integrated in fp32. channels_last:
-    NHWC weights and activations (None = on for CUDA). compile: ``torch.compile`` the UNet (True
+    NHWC weights and activations (None = the hardware policy's: on for CUDA, and on CPUs with AMX
+    for wide models in bf16; runtime.execution_plan). compile: ``torch.compile`` the UNet (True
     = CUDA graphs on CUDA, "default" elsewhere, or a mode from COMPILE_MODES), compiled once per
     model and mode. batch_guidance: the conditional and unconditional halves of a guided step as
-    one forward (False: two forwards, the authors' way).
+    one forward (False: two forwards, the authors' way). images_per_forward: the most images one
+    forward takes, larger evaluations run in parts of that size (None = the hardware policy's
+    cap: 32-128 on a CPU, none on GPUs); the results are the same (docs/speed.md).
     """
 
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool | str = False
     batch_guidance: bool = True
+    images_per_forward: int | None = None
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
+        n = self.images_per_forward
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise InputError(f"images_per_forward must be a whole number >= 1 (or None: the hardware policy's), got {n!r}")
         if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
             raise InputError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")

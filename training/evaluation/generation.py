@@ -10,7 +10,7 @@ import numpy as np
 from napari_cellflux import api
 from napari_cellflux.errors import InputError
 from napari_cellflux.models.model_file import CellFluxModel
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.settings import DEFAULT_MODE, SamplingConfig, SpeedOptions
 
 from .data import EvalData, Selection
 
@@ -77,9 +77,11 @@ def generate_cells(
     seed: int,
     batch_size: int,
     precision: str,
+    mode: str = DEFAULT_MODE,
     log=None,
 ) -> np.ndarray:
-    """uint8 (N, C, H, W): each control carried to its treated cell's perturbation (t = 1)."""
+    """uint8 (N, C, H, W): each control carried to its treated cell's perturbation (t = 1) in
+    ``mode`` (settings.MODES)."""
     out = np.empty_like(controls)
     names = selection.names
     speed = SpeedOptions(precision=precision)
@@ -90,7 +92,7 @@ def generate_cells(
         # Seeded by the name, so a cell's noise does not depend on which other perturbations are evaluated.
         name_seed = int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1, np.uint64)[0] >> 1)
         trajectory = api.generate(model, model.normalization.to_model(controls[index]), sampling=sampling,
-                                  seed=name_seed, batch_size=batch_size, speed=speed, final_only=True,
+                                  mode=mode, seed=name_seed, batch_size=batch_size, speed=speed, final_only=True,
                                   **conditions[name])
         out[index] = model.normalization.to_pixels(trajectory.final)
     return out

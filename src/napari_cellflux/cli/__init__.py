@@ -5,14 +5,16 @@ Every error a user can fix is one line and exit status 2 (:mod:`napari_cellflux.
 
 from __future__ import annotations
 
-from napari_cellflux.cli.parser import add_sampling_options, build_parser
+from napari_cellflux.cli.parser import add_mode_option, add_sampling_options, build_parser
 
-__all__ = ["add_sampling_options", "build_parser", "main"]
+__all__ = ["add_mode_option", "add_sampling_options", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     from napari_cellflux.errors import run_main
+    from napari_cellflux.process import prepare_openmp
 
+    prepare_openmp()  # before a command imports torch: OpenMP reads its wait policy once, when it loads
     args = build_parser().parse_args(argv)
     return run_main(f"cellflux {args.command}", lambda: args.run(args))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from napari_cellflux.atomic import check_writable
 
@@ -42,6 +43,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device="cpu")
     print(describe_model(model))
+    size = "unknown" if model.pixel_size_um is None else f"{model.pixel_size_um:g} µm"
+    source = "" if model.pixel_size_source == size else f" ({model.pixel_size_source})"
+    print(f"pixel size of the training crops: {size}{source}")
     print(f"architecture: {model.config.to_dict()}")
     print(f"sampling defaults: {model.sampling.to_dict()}")
     print(f"provenance: {model.provenance}")
@@ -92,14 +96,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_cellflux.api import load_model
+    from napari_cellflux.errors import InputError
     from napari_cellflux.generation.cost import announce
+    from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES, check_export_path, check_fps
     from napari_cellflux.generation.result import generate_from_pixels
     from napari_cellflux.models.channels import describe
     from napari_cellflux.models.domain import print_warnings
+    from napari_cellflux.settings import check_mode_noise
 
-    check_writable(args.out, what="--out", suffixes=(".tif", ".tiff"))
+    check_mode_noise(args.mode, args.noise_level)
+    check_export_path(args.out, TIFF_SUFFIXES, what="--out")
+    if args.gif is not None:
+        check_export_path(args.gif, ANIMATION_SUFFIXES, what="--gif")
+        check_fps(args.fps, what="--fps")
+    elif args.gif_cells:
+        raise InputError("--gif-cells chooses the cells of the GIF; give --gif PATH too")
     model = load_model(args.model, device=args.device)
     pixels = control_pixels(args, model, args.n_cells or 16)
+    n_cells = len(pixels[:args.n_cells])
+    if args.gif_cells and max(args.gif_cells) >= n_cells:
+        raise InputError(f"--gif-cells {max(args.gif_cells)}: the run has {n_cells} cells, numbered 0 to {n_cells - 1}")
     sampling = sampling_from_args(args, model.sampling)
     with tqdm(total=1, desc="generating", unit="step", disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
@@ -108,13 +124,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         result = print_warnings("cellflux generate", lambda: generate_from_pixels(
             model, pixels, n_cells=args.n_cells, device=args.device, perturbation=args.perturbation,
-            smiles=args.smiles, sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+            smiles=args.smiles, sampling=sampling, mode=args.mode, seed=args.seed, batch_size=args.batch_size,
             speed=speed_from_args(args), final_only=args.final_only, progress=progress,
             before_run=announce("cellflux generate"),
         ))
     result.write_tiff(args.out, index=-1 if args.final_only else None)
-    times = 1 if args.final_only else len(result.times)
-    print(f"wrote {args.out}: {times} times x {len(result.controls)} cells x {describe(model.channels)} for {result.label}")
+    frames = 1 if args.final_only else len(result.frames)
+    print(f"wrote {args.out}: {frames} frames x {len(result.controls)} cells x {describe(model.channels)} for {result.label} "
+          f"(mode {result.mode}{'' if args.final_only else ', frame 0 = the controls'})")
+    if args.gif is not None:
+        result.write_animation(args.gif, cells=args.gif_cells, fps=args.fps)
+        print(f"wrote {args.gif}: {len(result.frames)} frames of {len(args.gif_cells or result.controls)} cells")
     return 0
 
 
@@ -123,12 +143,14 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_cellflux.api import load_model
-    from napari_cellflux.generation.cost import announce, estimate_cost
+    from napari_cellflux.generation.cost import announce
     from napari_cellflux.generation.screen import run_screen
+    from napari_cellflux.generation.screen_plan import read_smiles_csv
     from napari_cellflux.models.domain import print_warnings
     from napari_cellflux.runtime import distributed_env, resolve_device
 
     check_writable(args.out, what="--out", folder=True)
+    smiles = read_smiles_csv(args.smiles_csv) if args.smiles_csv else args.smiles
     dist = distributed_env()
     rank, world = dist.rank, dist.world_size
     device = resolve_device(args.device, dist)  # under torchrun: this process's own GPU
@@ -138,10 +160,6 @@ def cmd_screen(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device)
     pixels = control_pixels(args, model, 64)
     sampling = sampling_from_args(args, model.sampling)
-    estimate = estimate_cost(model, model.normalization.to_model(pixels[:args.batch_size]), -(-args.n_cells // world),
-                             sampling, speed_from_args(args), {"perturbation": args.perturbation, "smiles": args.smiles},
-                             batch_size=args.batch_size)
-    announce("cellflux screen")(estimate)
     with tqdm(total=1, desc=f"screen (rank {rank}/{world})" if world > 1 else "screen", unit="chunk",
               disable=args.quiet) as bar:
         def progress(done: int, total: int) -> None:
@@ -150,15 +168,16 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
         report = print_warnings("cellflux screen", lambda: run_screen(
             model, pixels, args.out, n_cells=args.n_cells, chunk_size=args.chunk_size,
-            perturbation=args.perturbation, smiles=args.smiles, sampling=sampling, seed=args.seed,
-            batch_size=args.batch_size, speed=speed_from_args(args), all_states=args.all_states, max_chunks=args.max_chunks, progress=progress,
+            perturbation=args.perturbation, smiles=smiles, all_perturbations=args.all_perturbations, sampling=sampling,
+            seed=args.seed, batch_size=args.batch_size, speed=speed_from_args(args), all_states=args.all_states,
+            max_chunks=args.max_chunks, progress=progress, before_run=announce("cellflux screen"),
         ))
     who = f"rank {rank} of {world}: " if world > 1 else ""
     rate = f" ({report.cells_written / report.seconds:.1f} cells/s)" if report.cells_written and report.seconds else ""
     print(
         f"{who}wrote {len(report.written)} chunk(s), {report.cells_written} cells{rate}; "
         f"{len(report.skipped)} already on disk; {len(report.remaining)} left to make "
-        f"(of {report.n_chunks} chunks in {args.out})"
+        f"(of {report.n_units} chunks: {len(report.perturbations)} perturbation(s) x {report.n_chunks} in {args.out})"
     )
     if report.remaining:
         print("run the same command again to resume")
@@ -195,9 +214,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     model = None
     if args.model:
-        from napari_cellflux.api import load_model
-
-        model = load_model(args.model, device="cpu")
+        model = _crop_target(args.model)
         if args.crop_size not in (None, model.image_size):
             raise InputError(f"--crop-size {args.crop_size}: the model takes {model.image_size} x {model.image_size} crops; drop --crop-size")
         if model.pixel_size_um is None and args.pixel_size is not None:
@@ -217,6 +234,19 @@ def cmd_extract(args: argparse.Namespace) -> int:
                              labels=read_tiff(args.labels) if args.labels else None, warn=warn)
     print(summary.line())
     return 0
+
+
+def _crop_target(source: str):
+    """What extraction needs of a model (channels, image_size, pixel_size_um): a published zoo entry's
+    registry row, so cutting cells for bbbc021 does not download its 0.9 GB of weights; else the model."""
+    from napari_cellflux.models.zoo import PublishedModel, default_zoo
+
+    zoo = default_zoo()
+    if not Path(source).is_file() and source in zoo.names() and isinstance(zoo.entry(source), PublishedModel):
+        return zoo.entry(source)
+    from napari_cellflux.api import load_model
+
+    return load_model(source, device="cpu")
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:

@@ -17,16 +17,38 @@ from napari_cellflux.cli.commands import (
     cmd_verify_parity,
     cmd_zoo,
 )
-from napari_cellflux.settings import COMPILE_MODES, GRID_NAMES, KINDS, PRECISIONS, PRESET_NAMES, SOLVER_NAMES
+from napari_cellflux.cli.profile import add_profile_parser
+from napari_cellflux.settings import (
+    COMPILE_MODES,
+    DEFAULT_MODE,
+    GRID_NAMES,
+    KINDS,
+    MODE_NAMES,
+    MODES,
+    PRECISIONS,
+    PRESET_NAMES,
+    SOLVER_NAMES,
+)
 
 
-def add_model_and_condition(p: argparse.ArgumentParser, controls_help: str) -> None:
-    """--model, --controls and the --perturbation / --smiles choice (generate and screen)."""
+def add_model_and_condition(p: argparse.ArgumentParser, controls_help: str, *, many: bool = False) -> None:
+    """--model, --controls and the --perturbation / --smiles choice (generate and screen); ``many``
+    (screen): several names, the whole vocabulary or a SMILES CSV."""
     p.add_argument("--model", default="demo", help="zoo name (default: the bundled demo), model file (.safetensors) or published checkpoint.pth")
     p.add_argument("--controls", type=Path, help=controls_help)
-    cond = p.add_mutually_exclusive_group()
-    cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
-    cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+    if not many:
+        cond = p.add_mutually_exclusive_group()
+        cond.add_argument("--perturbation", help="perturbation name from the model's vocabulary")
+        cond.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+        return
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--perturbation", nargs="+", action="extend", metavar="NAME",
+                       help="perturbation names from the model's vocabulary (several, or the option repeated)")
+    names.add_argument("--all-perturbations", action="store_true", help="every perturbation of the model's vocabulary")
+    unseen = p.add_mutually_exclusive_group()
+    unseen.add_argument("--smiles", help="SMILES of a compound the model never saw (compound models)")
+    unseen.add_argument("--smiles-csv", type=Path, metavar="FILE",
+                        help="CSV with the columns name and smiles: compounds the model never saw, one per row")
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -36,6 +58,14 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
     p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+
+
+def add_mode_option(p: argparse.ArgumentParser) -> None:
+    """--mode (generate and evaluation): what the run answers (settings.MODES); a noise level
+    given with morph is refused by :func:`napari_cellflux.settings.check_mode_noise`."""
+    p.add_argument("--mode", choices=MODE_NAMES, default=DEFAULT_MODE,
+                   help="; ".join(f"{name}: {text}" for name, text in MODES.items())
+                   + f" (default {DEFAULT_MODE}, the paper's; docs/modes.md)")
 
 
 def add_speed_options(p: argparse.ArgumentParser) -> None:
@@ -63,6 +93,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def cell_indices(text: str) -> list[int]:
+    """An argparse type: comma-separated cell indices >= 0 ("0,3,5")."""
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated cell numbers such as 0,3,5, got {text!r}") from None
+    if not indices or min(indices) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated cell numbers >= 0 such as 0,3,5, got {text!r}")
+    return indices
 
 
 def non_negative_int(text: str) -> int:
@@ -98,9 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate perturbed cells from control crops and write a TIFF")
     add_model_and_condition(p, controls_help="control crops: .npy / .tif stack (N, C, H, W or N, H, W, C) or a folder of them (default: synthetic control cells)")
-    p.add_argument("--out", type=Path, required=True, help="output TIFF (ImageJ hyperstack T x cells x C)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output TIFF (ImageJ hyperstack frames x cells x C, frame 0 the controls; channel colours, µm scale)")
     p.add_argument("--n-cells", type=positive_int, default=None, help="use only the first N control cells")
+    add_mode_option(p)
     add_sampling_options(p)
+    p.add_argument("--gif", type=Path, help="also write the morph as a looping GIF (channels in their colours)")
+    p.add_argument("--gif-cells", type=cell_indices, metavar="I,J,...", help="cells (0-based) in the GIF (default: all)")
+    p.add_argument("--fps", type=float, default=4.0, help="GIF frames per second (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -108,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-only", action="store_true", help="write only the final (t = 1) state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
-    p = sub.add_parser("screen", help="virtual screen: generate many cells in chunks streamed to disk (resumable, torchrun-ready)")
-    add_model_and_condition(p, controls_help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)")
-    p.add_argument("--n-cells", type=positive_int, required=True, help="cells to generate, e.g. 100000")
+    p = sub.add_parser("screen", help="virtual screen: many cells of one or many perturbations in chunks streamed to disk (resumable, torchrun-ready)")
+    add_model_and_condition(p, controls_help="control crop pool: .npy / .tif stack or a folder of them; cells are drawn from it with replacement (default: 64 synthetic control cells)", many=True)
+    p.add_argument("--n-cells", type=positive_int, required=True, help="cells to generate per perturbation, e.g. 100000")
     p.add_argument("--chunk-size", type=positive_int, default=1024, help="cells per chunk file (default 1024); memory is one chunk")
-    p.add_argument("--out", type=Path, required=True, help="screen folder: manifest.json + chunk_<i>.npy; run again to resume")
+    p.add_argument("--out", type=Path, required=True, help="screen folder: manifest.json + a folder of chunk_<i>.npy per perturbation; run again to resume")
     p.add_argument("--all-states", action="store_true", help="store every grid state, (n, T, C, H, W) per chunk (default: only the final t = 1 state)")
     add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0, help="screen seed; chunk i uses (seed, i) (default 0)")
@@ -178,4 +224,5 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("name")
     z.add_argument("--unpin", action="store_true", help="also forget the pinned hashes (accept a changed remote file)")
     z.set_defaults(run=cmd_zoo)
+    add_profile_parser(sub)
     return parser

@@ -18,8 +18,9 @@ from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import describe
 from napari_cellflux.models.fingerprints import morgan_count_fingerprint
 from napari_cellflux.models.model_file import CellFluxModel
-from napari_cellflux.runtime import autocast_dtype, dtype_name
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.process import keep_freed_memory
+from napari_cellflux.runtime import execution_plan, precision_name
+from napari_cellflux.settings import DEFAULT_MODE, SamplingConfig, SpeedOptions
 
 
 class GenerationCancelled(Exception):
@@ -31,7 +32,8 @@ class Trajectory:
     """Generated cells at every grid time.
 
     states: (T, N, C, H, W) float32 in the model's [-1, 1] space, on the CPU; states[0] is
-    x_init = control + noise_level * noise at times[0], states[-1] the perturbed cells at t = 1.
+    x_init = control + noise_level * noise at times[0] (exactly the controls in mode "morph",
+    noise level 0), states[-1] the perturbed cells at t = 1.
     times: (T,) flow times. controls: (N, C, H, W) the control cells used. metadata: what is
     needed to reproduce the run (model hash, perturbation, seed, sampling settings, ...).
     """
@@ -120,6 +122,7 @@ def generate(
     smiles: str | None = None,
     embedding: torch.Tensor | np.ndarray | None = None,
     sampling: SamplingConfig | None = None,
+    mode: str = DEFAULT_MODE,
     seed: int = 0,
     batch_size: int = 64,
     speed: SpeedOptions = SpeedOptions(),
@@ -132,13 +135,19 @@ def generate(
     controls: (N, C, H, W) in [-1, 1] (see ``model.normalization.to_model``). The condition is
     a vocabulary name, a SMILES (compound models), a raw (D,) embedding, or nothing
     (unconditional). sampling: solver, grid, steps, guidance, noise level (default: the
-    model's). seed fixes the noise, drawn on the CPU so results agree across devices.
+    model's). mode (settings.MODES): "sample" integrates from control + noise_level x noise, the
+    paper's sampling; "morph" from the clean control (noise level 0 whatever ``sampling`` says),
+    so each cell changes continuously from itself. The metadata records the mode and the noise
+    level used. seed fixes the noise, drawn on the CPU so results agree across devices.
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
-    speed: precision, memory layout, compilation, batched guidance (:class:`SpeedOptions`).
+    speed: precision, memory layout, compilation, batched guidance, images per forward
+    (:class:`SpeedOptions`); what they leave open the hardware policy decides
+    (``runtime.execution_plan``; on a CPU it also sets glibc's malloc thresholds for the process,
+    ``process.keep_freed_memory``).
     ``final_only`` keeps only the t = 1 state (``states`` is then (1, N, C, H, W)), so memory
     does not grow with the number of steps.
     """
-    sampling = sampling or model.sampling
+    sampling = (sampling or model.sampling).for_mode(mode)
     x = check_controls(model, controls)
     cond, condition_info = condition_vector(model, perturbation, smiles=smiles, embedding=embedding)
     if cond is None and sampling.guidance:
@@ -146,12 +155,14 @@ def generate(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model.device
-    dtype = autocast_dtype(speed.precision, device)
-    channels_last = device.type == "cuda" if speed.channels_last is None else bool(speed.channels_last)
-    mode = compile_mode(speed.compile, device)
+    plan = execution_plan(model.config, model.image_size, device, speed)  # dtype, layout, images per forward
+    dtype, channels_last = plan.dtype, plan.channels_last
+    if plan.keep_freed_memory:
+        keep_freed_memory()
+    compiled = compile_mode(speed.compile, device)
     set_memory_format(model.unet, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    network = fast_network(model.unet, device, dtype, mode)
+    network = fast_network(model.unet, device, dtype, compiled, plan.images_per_forward)
     grid = time_grid(sampling.grid, sampling.steps)
     step = solver(sampling.solver)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -179,13 +190,15 @@ def generate(
             chunks.append(states.float().contiguous().cpu())
     metadata = {
         **condition_info,
+        "mode": mode,
         "model_sha256": model.sha256,
         "seed": seed,
         **sampling.to_dict(),
         "network_evaluations": sampling.evaluations,
-        "precision": dtype_name(dtype),
+        "precision": precision_name(dtype),
         "channels_last": channels_last,
-        "compile": mode,
+        "images_per_forward": plan.images_per_forward,
+        "compile": compiled,
         "batch_guidance": speed.batch_guidance,
         "states": "final" if final_only else "all",
         "channels": [c.name for c in model.channels],

@@ -1,0 +1,151 @@
+"""How much of each designed effect the two generation modes recover (docs/modes.md): the
+evaluation (``training.evaluate``) of a model on its synthetic screen's test split, once per mode,
+reduced to generated effect / real effect per compound and feature, plus how much of its own
+control each generated cell keeps.
+
+    python -m benchmarks.modes [--checkpoint MODEL] [--screen runs/modes/screen] [--out benchmarks/results/modes.json]
+
+The screen is written with ``cellflux synth``'s defaults (the demo's screen) where the folder
+does not exist yet. Effects are treated / control ratios of the measured features
+(``training.metrics``); "recovered" is (generated ratio - 1) / (real ratio - 1): 1 = the real
+cells' effect, 0 = none (the copy-control baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cellflux.atomic import check_writable
+from napari_cellflux.errors import run_main
+from napari_cellflux.settings import MODE_NAMES, MODES
+
+from . import common as C
+
+RESULTS = Path(__file__).parent / "results" / "modes.json"
+DEMO = Path("src/napari_cellflux/assets/demo.safetensors")  # the bundled demo, from the repository root
+SUMMARY = ("effect_error", "effect_error_vs_truth", "morphology_error", "moa_accuracy", "batch_intensity_error")
+
+
+def evaluate_mode(checkpoint: str, screen: Path, mode: str, seed: int) -> dict:
+    """The evaluation JSON of ``checkpoint`` on ``screen``'s test split in ``mode`` (model's sampler)."""
+    from training.evaluate import EvalConfig, evaluate
+
+    with tempfile.TemporaryDirectory() as folder:
+        return evaluate(EvalConfig(checkpoints=[checkpoint], data=str(screen), out=str(Path(folder) / "metrics.json"),
+                                   mode=mode, seed=seed, quiet=True))
+
+
+def designed_effects(results: dict[str, dict]) -> list[dict]:
+    """One row per compound and designed feature (truth != 1): truth, real and each mode's ratio
+    and the share of the real effect it recovers."""
+    first = next(iter(results.values()))
+    rows = []
+    for name, entry in first["perturbations"].items():
+        for feature, effect in entry["effect"].items():
+            if effect["truth"] is None or effect["truth"] == 1 or effect["real"] is None:
+                continue
+            row = {"perturbation": name, "group": entry["group"], "feature": feature, "truth": effect["truth"],
+                   "real": effect["real"]}
+            for mode, result in results.items():
+                generated = result["perturbations"][name]["effect"][feature]["cellflux"]
+                row[mode] = generated
+                row[f"{mode}_recovered"] = None if generated is None else (generated - 1) / (effect["real"] - 1)
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["group"] != "seen", r["perturbation"].lower(), r["feature"]))
+
+
+def cell_kept(checkpoint: str, cells: int, seed: int) -> dict:
+    """Per mode: the mean pixel correlation of each generated cell (t = 1) with its own control,
+    and with another control (the level a cell unrelated to its control reaches), over the
+    model's compounds."""
+    from napari_cellflux import api
+
+    model = api.load_model(checkpoint, device="cpu")
+    controls = C.controls_for(model, cells, seed)
+    other = torch.roll(controls, 1, dims=0)
+    out = {}
+    for mode in MODE_NAMES:
+        own, shuffled = [], []
+        for name in model.vocabulary.names:
+            if name == model.vocabulary.control:
+                continue
+            final = api.generate(model, controls, name, mode=mode, seed=seed, final_only=True).final
+            own.append(_correlation(final, controls))
+            shuffled.append(_correlation(final, other))
+        out[mode] = {"own_control": float(np.mean(own)), "another_control": float(np.mean(shuffled))}
+    return {"cells": cells, "what": ("mean Pearson correlation over pixels of a generated cell with its own "
+                                     "control and with another control, averaged over cells and compounds"), **out}
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).mean())
+
+
+def markdown(data: dict) -> str:
+    """The docs' table of the designed effects."""
+    lines = ["| compound (group) | feature | truth | real cells | sample | recovered | morph | recovered |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data["effects"]:
+        cells = [f"{r['perturbation']} ({r['group']})", r["feature"], f"{r['truth']:.2f}", f"{r['real']:.2f}"]
+        for mode in ("sample", "morph"):
+            cells += [_fmt(r[mode], "{:.2f}"), _fmt(r[f"{mode}_recovered"], "{:.0%}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.modes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=DEMO, help=f"model file (default: the bundled demo, {DEMO})")
+    p.add_argument("--screen", type=Path, default=Path("runs/modes/screen"),
+                   help="its synthetic screen (written with cellflux synth's defaults if absent)")
+    p.add_argument("--cells", type=int, default=32, help="control cells for the cell-kept measure (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    def run() -> int:
+        check_writable(args.out, what="--out", suffixes=(".json",))
+        started = time.perf_counter()
+        if not args.screen.exists():
+            from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+
+            make_synthetic_screen(args.screen, SyntheticScreenConfig())
+        results = {mode: evaluate_mode(str(args.checkpoint), args.screen, mode, args.seed) for mode in MODE_NAMES}
+        data = {
+            "command": " ".join(["python -m benchmarks.modes", *(sys.argv[1:] if argv is None else argv)]),
+            "checkpoint": results["sample"]["checkpoint"],
+            "screen": str(args.screen),
+            "modes": MODES,
+            "sampling": {mode: r["sampling"] for mode, r in results.items()},
+            "recovered": "(generated ratio - 1) / (real ratio - 1) of the treated / control ratio of each feature",
+            "effects": designed_effects(results),
+            "summary": {mode: {group: {k: r["methods"]["cellflux"][group][k] for k in SUMMARY}
+                               for group in ("seen", "unseen")} for mode, r in results.items()},
+            "copy_control": {group: {k: results["sample"]["methods"]["copy_control"][group][k] for k in SUMMARY}
+                             for group in ("seen", "unseen")},
+            "cell_kept": cell_kept(str(args.checkpoint), args.cells, args.seed),
+            "environment": C.environment(torch.device("cpu")),
+        }
+        data["elapsed_s"] = round(time.perf_counter() - started, 1)
+        C.write_json(args.out, data)
+        print(markdown(data))
+        return 0
+
+    return run_main("python -m benchmarks.modes", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
