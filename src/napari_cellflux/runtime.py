@@ -226,7 +226,3 @@ def precision_name(dtype: torch.dtype | None) -> str:
     fp32), "bf16", "fp16"; what run metadata records, so it can be passed back as ``precision``."""
     return next(name for name, value in DTYPES.items() if value == dtype)
 
-
-def dtype_name(dtype: torch.dtype | None) -> str:
-    """"float32" for None (plain fp32), else the dtype's name ("bfloat16", "float16")."""
-    return str(dtype or torch.float32).removeprefix("torch.")

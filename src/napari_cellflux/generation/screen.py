@@ -51,7 +51,7 @@ from napari_cellflux.generation.screen_files import (
 )
 from napari_cellflux.generation.screen_plan import ScreenEntry, plan_screen, rank_units
 from napari_cellflux.models.domain import check_domain
-from napari_cellflux.runtime import autocast_dtype, distributed_env, dtype_name
+from napari_cellflux.runtime import autocast_dtype, distributed_env, precision_name
 from napari_cellflux.settings import SpeedOptions
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ def run_screen(
     dtype = autocast_dtype(speed.precision, model.device)
     manifest = screen_manifest(
         model, controls, entries=entries, sampling=sampling, n_cells=n_cells, chunk_size=chunk_size,
-        seed=seed, precision=dtype_name(dtype), all_states=all_states,
+        seed=seed, precision=precision_name(dtype), all_states=all_states,
     )
     manifest["domain_check"] = domain.to_dict()
     if rank == 0:
