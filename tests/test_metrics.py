@@ -99,7 +99,7 @@ def test_rgb_mappings_follow_the_protocol():
     expected = np.stack([c[:, 2] + 0.5 * c[:, 4] + 0.5 * c[:, 5],
                          c[:, 1] + 0.5 * c[:, 3] + 0.5 * c[:, 5],
                          c[:, 0] + 0.5 * c[:, 3] + 0.5 * c[:, 4]], axis=1).clip(0, 1)
-    np.testing.assert_allclose(M.to_inception_rgb(six, M.rgb_matrix("rxrx1", 6)).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(M.to_inception_rgb(six, M.rgb_matrix("rxrx1", 6), "clip").numpy(), expected, atol=1e-6)
     five = six[:, :5]
     np.testing.assert_allclose(M.to_inception_rgb(five, M.rgb_matrix("cpg0000", 5)).numpy(), c[:, :3], atol=1e-6)
     three = six[:, :3]
@@ -112,15 +112,15 @@ def test_rgb_mappings_follow_the_protocol():
 
 @pytest.fixture(scope="module")
 def drawn():
-    """Drawn cells (no disk): 60 controls and 60 of each of four compounds, with their parameters."""
+    """Drawn cells (no disk): 40 controls and 40 of each of four compounds, with their parameters."""
     rng = np.random.default_rng(0)
     by_name = {p.name: p for p in DEFAULT_PERTURBATIONS}
     groups = [None, "camptothecin", "colchicine", "mitoxantrone", "PP-2"]
-    effects = [by_name[g] if g else None for g in groups for _ in range(60)]
+    effects = [by_name[g] if g else None for g in groups for _ in range(40)]
     params = sample_cell_parameters(rng, effects, 32, 3)
     signal, _ = draw_cells(params, 32, rng)
     pixels = np.round(np.clip(0.05 + signal + rng.normal(0, 0.02, signal.shape), 0, 1) * 255).astype(np.uint8)
-    names = np.array([g or "DMSO" for g in groups for _ in range(60)])
+    names = np.array([g or "DMSO" for g in groups for _ in range(40)])
     return pixels, params, names, M.measure_cells(pixels)
 
 

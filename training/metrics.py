@@ -1,6 +1,6 @@
 """Evaluation maths: image preparation for FID/KID, Frechet and kernel distances, morphology
-measured from pixels, and a small classifier for MoA accuracy. numpy / scipy / scikit-image /
-torch only; no learned network here (Inception lives in ``training.inception``).
+measured from pixels (the phenotype readouts' cp-measure features), and a small classifier for
+MoA accuracy. No learned network here (Inception lives in ``training.inception``).
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from scipy import linalg, ndimage
-from skimage import filters, measure
+from scipy import linalg
 
 from napari_cellflux.errors import InputError
 
@@ -49,14 +48,32 @@ def rgb_matrix(data_format: str, channels: int) -> np.ndarray:
     return matrix
 
 
-def to_inception_rgb(pixels: np.ndarray, matrix: np.ndarray) -> torch.Tensor:
-    """uint8 cells (N, C, H, W) -> float32 RGB (N, 3, H, W) in [0, 1]: the 8-bit values / 255,
-    mixed by ``matrix`` (3, C) and clamped to [0, 1]."""
+# How the mixed channels become [0, 1] images. "authors": as the authors' evaluation does it: mix
+# the channels in model space [-1, 1], clamp to [-1, 1], map to [0, 1], floor to 8 bits; for stored
+# pixels p in [0, 1] that is floor(255 clip(W p - (row sum - 1) / 2, 0, 1)) / 255, i.e.
+# clip(W p - 0.5, 0, 1) for RxRx1 (its rows sum to 2) and p itself for channels kept as they are.
+# "clip": mix the stored pixels and clamp, clip(W p, 0, 1) (napari-cellflux before issue 15).
+RGB_COMPOSITES = ("authors", "clip")
+
+
+def to_inception_rgb(pixels: np.ndarray, matrix: np.ndarray, composite: str = "authors") -> torch.Tensor:
+    """uint8 cells (N, C, H, W) -> float32 RGB (N, 3, H, W) in [0, 1], mixed by ``matrix`` (3, C)
+    as ``composite`` (one of RGB_COMPOSITES) says."""
     if pixels.dtype != np.uint8:
         raise InputError(f"FID/KID images must be 8-bit (uint8), got {pixels.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
-    rgb = torch.einsum("rc,nchw->nrhw", torch.as_tensor(matrix, dtype=torch.float32), x)
-    return rgb.clamp_(0.0, 1.0)
+    if composite not in RGB_COMPOSITES:
+        raise InputError(f"the RGB composite must be one of {RGB_COMPOSITES}, got {composite!r}")
+    m = torch.as_tensor(matrix, dtype=torch.float32)
+    if composite == "clip":
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
+        return torch.einsum("rc,nchw->nrhw", m, x).clamp_(0.0, 1.0)
+    # In 8-bit units the mix of the published matrices (weights 0, 1/2, 1) is exact in float32, so
+    # the floor never drops a level to rounding. A row of zeros (the black third of 2-channel
+    # data) stays black rather than becoming model-space 0, i.e. grey.
+    rows = m.sum(dim=1)
+    offset = torch.where(rows > 0, (rows - 1.0) / 2.0, torch.zeros_like(rows)) * 255.0
+    rgb = torch.einsum("rc,nchw->nrhw", m, torch.from_numpy(np.ascontiguousarray(pixels)).float())
+    return torch.floor((rgb - offset[None, :, None, None]).clamp_(0.0, 255.0)) / 255.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +169,7 @@ def kid(
 
 
 # --------------------------------------------------------------------------------------------
-# Morphology measured from pixels
+# Morphology measured from pixels: the phenotype readouts (napari_cellflux.phenotype, cp-measure)
 
 EFFECT_FEATURES_BASE = ("nuclear_area", "cell_elongation")
 
@@ -172,88 +189,37 @@ def effect_columns(channels: int) -> list[str]:
     return [*EFFECT_FEATURES_BASE, *(["texture_c1"] if channels > 1 else []), *[f"intensity_c{c}" for c in range(channels)]]
 
 
-def _object_at_centre(mask: np.ndarray) -> np.ndarray:
-    """The connected component of ``mask`` under the image centre, else the one nearest to it."""
-    labels = measure.label(mask)
-    if labels.max() == 0:
-        return np.zeros_like(mask)
-    h, w = labels.shape
-    centre = labels[h // 2, w // 2]
-    if centre:
-        return labels == centre
-    props = measure.regionprops(labels)
-    nearest = min(props, key=lambda p: (p.centroid[0] - (h - 1) / 2) ** 2 + (p.centroid[1] - (w - 1) / 2) ** 2)
-    return labels == nearest.label
-
-
-def _otsu(image: np.ndarray) -> np.ndarray | None:
-    if np.ptp(image) <= 1e-9:
-        return None
-    return image > filters.threshold_otsu(image)
-
-
-def measure_cell(cell: np.ndarray, nuclear_channel: int = 0) -> dict[str, float]:
-    """Morphology of one centred cell crop (C, H, W), pixel values in 0-255 units.
-
-    nucleus: Otsu on the nuclear channel smoothed with a Gaussian of sigma 0.5 px, the component at
-    the centre. cell body: Otsu on the sum of the other channels (Gaussian sigma 1 px), the
-    component at the centre, holes filled, united with the nucleus (one channel: the nucleus).
-    Background per channel: the median of the crop's one-pixel border, subtracted before intensities.
-
-    nuclear_area (px), nuclear_eccentricity (0 circle - 1 line), cell_area (px), cell_elongation
-    (major / minor axis of the body's fitted ellipse), texture_c1 (coefficient of variation of
-    channel 1 over the cytoplasm = body minus nucleus), intensity_c<k> (mean background-subtracted
-    signal: over the nucleus for the nuclear channel, over the cytoplasm for the others),
-    crop_mean_c<k> (mean of the whole crop, background and artefacts included). A part that
-    cannot be segmented gives NaN.
-    """
-    cell = np.asarray(cell, dtype=np.float64)
-    channels = cell.shape[0]
-    out = dict.fromkeys(morphology_columns(channels), np.nan)
-    for c in range(channels):
-        out[f"crop_mean_c{c}"] = float(cell[c].mean())
-    border = np.concatenate([cell[:, 0, :], cell[:, -1, :], cell[:, 1:-1, 0], cell[:, 1:-1, -1]], axis=1)
-    signal = cell - np.median(border, axis=1)[:, None, None]
-    mask = _otsu(filters.gaussian(signal[nuclear_channel], 0.5))
-    if mask is None:
-        return out
-    nucleus = _object_at_centre(mask)
-    if nucleus.sum() < 3:
-        return out
-    nuc = measure.regionprops(nucleus.astype(np.uint8))[0]
-    out["nuclear_area"] = float(nucleus.sum())
-    out["nuclear_eccentricity"] = float(nuc.eccentricity)
-    out[f"intensity_c{nuclear_channel}"] = float(signal[nuclear_channel][nucleus].mean())
-    others = [c for c in range(channels) if c != nuclear_channel]
-    body = nucleus
-    if others:
-        body_mask = _otsu(filters.gaussian(signal[others].sum(axis=0), 1.0))
-        if body_mask is not None:
-            body = ndimage.binary_fill_holes(_object_at_centre(body_mask | nucleus)) | nucleus
-    shape = measure.regionprops(body.astype(np.uint8))[0]
-    out["cell_area"] = float(body.sum())
-    out["cell_elongation"] = float(shape.axis_major_length / max(shape.axis_minor_length, 1e-6))
-    cytoplasm = body & ~nucleus
-    region = cytoplasm if cytoplasm.sum() >= 3 else body
-    for c in others:
-        out[f"intensity_c{c}"] = float(signal[c][region].mean())
-    if channels > 1:
-        values = signal[1][region]
-        mean = values.mean()
-        out["texture_c1"] = float(values.std() / mean) if mean > 1e-6 else np.nan
-    return out
-
-
 def measure_cells(pixels: np.ndarray, nuclear_channel: int = 0) -> pd.DataFrame:
-    """:func:`measure_cell` for every cell of (N, C, H, W) pixels (uint8 or 0-255 floats):
-    one row per cell, columns :func:`morphology_columns`."""
+    """Morphology of every centred cell of (N, C, H, W) pixels (uint8 or 0-255 floats): one row
+    per cell, columns :func:`morphology_columns`.
+
+    The phenotype readouts' own code (docs/phenotype.md): nucleus, cell and cytoplasm masks
+    (``phenotype.masks``, nucleus on ``nuclear_channel``), cp-measure's shape and intensity
+    features of them, read as the designed readouts (``phenotype.readouts``: nuclear_area =
+    Nuclei_AreaShape_Area, cell_elongation = major / minor axis of the cell, texture_c1 = the
+    coefficient of variation of channel 1 over the cytoplasm, intensity_c<k> = mean
+    background-subtracted intensity, 0-1, over the nucleus for the nuclear channel and over the
+    cytoplasm for the others), plus nuclear_eccentricity (Nuclei_AreaShape_Eccentricity),
+    cell_area (Cells_AreaShape_Area) and crop_mean_c<k> (the mean of the whole crop in 0-255,
+    background included: the batch artefacts). A part that cannot be segmented gives NaN.
+    """
+    from napari_cellflux.phenotype.features import FeatureOptions
+    from napari_cellflux.phenotype.features import measure_cells as measure_features
+    from napari_cellflux.phenotype.readouts import READOUT_GROUPS, designed_readouts
+
     pixels = np.asarray(pixels)
     if pixels.ndim != 4:
         raise InputError(f"cells must be (N, C, H, W), got shape {pixels.shape}")
     if not 0 <= nuclear_channel < pixels.shape[1]:
         raise InputError(f"nuclear channel {nuclear_channel} does not exist in {pixels.shape[1]}-channel cells")
-    rows = [measure_cell(cell, nuclear_channel) for cell in pixels]
-    return pd.DataFrame(rows, columns=morphology_columns(pixels.shape[1]))
+    names = tuple(f"c{c}" for c in range(pixels.shape[1]))  # the nuclear channel is given, not found by name
+    features = measure_features(pixels, FeatureOptions(channels=names, groups=READOUT_GROUPS), nucleus_channel=nuclear_channel)
+    out = designed_readouts(features, names, nuclear_channel)
+    out["nuclear_eccentricity"] = features["Nuclei_AreaShape_Eccentricity"]
+    out["cell_area"] = features["Cells_AreaShape_Area"]
+    for c in range(pixels.shape[1]):
+        out[f"crop_mean_c{c}"] = pixels[:, c].reshape(len(pixels), -1).astype(np.float64).mean(axis=1)
+    return out[morphology_columns(pixels.shape[1])].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------

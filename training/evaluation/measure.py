@@ -24,26 +24,32 @@ class MethodCells:
 @dataclass
 class CellMeasurer:
     """How every method's cells are measured. nuclear_channel: the DNA stain (0-based); rgb: (3, C)
-    mix to the RGB Inception sees; inception: the loaded network or None (no features)."""
+    mix to the RGB Inception sees; inception: the loaded network or None (no features);
+    composite: how the mix becomes [0, 1] (``metrics.RGB_COMPOSITES``)."""
 
     nuclear_channel: int
     rgb: np.ndarray
     inception: object | None
     batch_size: int
+    composite: str = M.RGB_COMPOSITES[0]
 
     def __call__(self, pixels: np.ndarray) -> MethodCells:
         features = None
         if self.inception is not None:
             from ..inception import inception_features
 
-            features = inception_features(self.inception, M.to_inception_rgb(pixels, self.rgb), self.batch_size).numpy()
+            features = inception_features(self.inception, M.to_inception_rgb(pixels, self.rgb, self.composite), self.batch_size).numpy()
         return MethodCells(pixels=pixels, morphology=M.measure_cells(pixels, self.nuclear_channel), features=features)
 
 
-def rgb_description(data_format: str, channels: int) -> str:
-    """In words, the channel mix of ``metrics.rgb_matrix`` (for the metrics JSON)."""
+def rgb_description(data_format: str, channels: int, composite: str = M.RGB_COMPOSITES[0]) -> str:
+    """In words, the channel mix of ``metrics.rgb_matrix`` as ``composite`` applies it (for the metrics JSON)."""
     if data_format == "rxrx1":
-        return "RxRx1 6 -> 3 mix R = c3 + c5/2 + c6/2, G = c2 + c4/2 + c6/2, B = c1 + c4/2 + c5/2 (clamped)"
+        mix = "R = c3 + c5/2 + c6/2, G = c2 + c4/2 + c6/2, B = c1 + c4/2 + c5/2"
+        if composite == "clip":
+            return f"RxRx1 6 -> 3 mix {mix} of the stored pixels, clamped to [0, 1] (--rgb-composite clip)"
+        return (f"RxRx1 6 -> 3 mix {mix} in model space [-1, 1], clamped to [-1, 1], mapped to [0, 1] and floored "
+                "to 8 bits, as the authors' evaluation (--rgb-composite authors)")
     if channels == 3:
         return "the 3 channels as they are"
     if channels == 1:
