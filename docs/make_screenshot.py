@@ -1,7 +1,8 @@
-"""Regenerate docs/screenshot.png: napari with the CellFlux widget after a run on synthetic sample cells.
+"""Regenerate docs/screenshot.png: napari with the CellFlux widget after two runs in morph mode on
+the same synthetic sample cells, side by side: controls | colchicine | camptothecin, titled.
 
     xvfb-run -a python docs/make_screenshot.py            # the bundled demo model (first zoo entry)
-    xvfb-run -a python docs/make_screenshot.py MODEL_FILE # any model file
+    xvfb-run -a python docs/make_screenshot.py MODEL_FILE # any model file (its first two perturbations)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from qtpy.QtWidgets import QApplication
 from skimage.io import imsave
 
 OUT = Path(__file__).resolve().parent / "screenshot.png"
+PERTURBATIONS = ("colchicine", "camptothecin")  # the demo's: elongated, then brighter DNA
 
 
 def wait(widget) -> None:
@@ -32,12 +34,15 @@ def main(model_file: str | None = None) -> None:
         widget.model.choose_file(model_file)
     widget.model.load.click()
     wait(widget)
-    widget.perturbation.search.setText("c")
-    widget.generate_button.click()
-    wait(widget)
-    if widget._result is None:
-        sys.exit(f"generation failed: {widget.status.text()}")
-    widget.slider.setValue(800)
+    names = widget._model.vocabulary.names
+    chosen = [p for p in PERTURBATIONS if p in names] or [n for n in names if n != widget._model.vocabulary.control][:2]
+    for name in chosen:  # morph mode, the widget's default
+        widget.perturbation.choose(name)
+        widget.generate_button.click()
+        wait(widget)
+        if not widget.columns.runs:
+            sys.exit(f"generation failed: {widget.status.text()}")
+    viewer.reset_view()
     QApplication.processEvents()
     imsave(OUT, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
     print(f"wrote {OUT}")

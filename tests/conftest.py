@@ -42,10 +42,12 @@ def golden() -> dict:
 
 
 @pytest.fixture
-def viewer_and_widget(make_napari_viewer):
-    """A napari viewer with the CellFlux dock widget open (the widget tests' starting point)."""
+def viewer_and_widget(make_napari_viewer, qtbot):
+    """A napari viewer with the CellFlux dock widget open (the widget tests' starting point); at the
+    end, the phenotype panel's measurement of the last run is let finish before the viewer closes."""
     from plugin_helpers import PLUGIN
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "CellFlux")
-    return viewer, widget
+    yield viewer, widget
+    qtbot.waitUntil(lambda: not widget.phenotype_panel.busy, timeout=120_000)

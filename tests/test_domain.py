@@ -187,13 +187,6 @@ def test_the_command_behind_the_docs_figures_runs(capsys):
     assert "are copies of channel 0 (DNA)" in out  # the test fixture, copied x3
 
 
-@pytest.fixture
-def viewer_and_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cellflux", "CellFlux")
-    return viewer, widget
-
-
 def test_the_widget_lists_the_findings_beside_generate_until_the_next_run(viewer_and_widget, qtbot, samples):
     viewer, widget = viewer_and_widget
     widget.model.load.click()  # the bundled demo, first in the list
@@ -206,7 +199,7 @@ def test_the_widget_lists_the_findings_beside_generate_until_the_next_run(viewer
     widget.sampling.cells.setValue(4)
     widget.generate_button.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
-    assert widget._result is not None, widget.status.text()
+    assert widget.columns.runs, widget.status.text()
     assert not widget.domain_warning.isHidden()
     assert "⚠ channels 1 and 2 (cytoskeleton, cytoplasm) are copies of channel 0 (DNA)" in widget.domain_warning.text()
     assert "color: #ff9f1c" in widget.domain_warning.styleSheet()

@@ -64,7 +64,7 @@ def test_channel_files_open_as_named_channel_layers(tmp_path):
                      metadata={"unit": "micron"})
     layers = read_channel_files([str(scaled), str(opera(4))])
     assert [meta["name"] for _, meta, _ in layers] == ["A01 s1 ch5", "A01 s1 ch4"]
-    assert layers[0][1]["scale"] == pytest.approx((0.598, 0.598))
+    assert layers[0][1]["scale"] == pytest.approx((0.598, 0.598)) and layers[0][1]["units"] == ("µm", "µm")
 
 
 def test_what_the_reader_claims():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from data_helpers import FIXTURES
 from plugin_helpers import channel_model_file
-from test_widget import generate, load, wait_idle
+from test_widget import generate, load, result_of, wait_idle
 
 from napari_cellflux.generation.controls import crops_from_plate
 from napari_cellflux.models.channels import DATASET_CHANNELS, parse_channels
@@ -48,7 +48,7 @@ def test_plate_map_controls_come_from_the_ticked_wells_only(viewer_and_widget, q
                                     channels=NF1_CHANNELS) for w in ("D06", "B07", "D07")}
     chosen = len(per_well["D06"]) + len(per_well["B07"])
     generate(qtbot, widget, steps=2, cells=chosen)
-    result = widget._result
+    result = result_of(widget)
     assert result is not None, widget.status.text()
     assert result.controls.shape == (chosen, 3, 96, 96)
     picked = np.concatenate([per_well["D06"], per_well["B07"]])
@@ -67,8 +67,8 @@ def test_loaddata_controls(viewer_and_widget, qtbot, tmp_path):
     expected = crops_from_plate(CPG / "load_data.csv", ["A01"], load_model_file(path, "cpu"))
     assert expected.shape[1:] == (5, 96, 96) and expected.dtype == np.uint8
     generate(qtbot, widget, steps=2, cells=2)
-    assert widget._result is not None, widget.status.text()
-    np.testing.assert_array_equal(widget._result.controls, expected[:2])
+    assert result_of(widget) is not None, widget.status.text()
+    np.testing.assert_array_equal(result_of(widget).controls, expected[:2])
 
 
 def test_plate_errors_on_the_status_line(viewer_and_widget, qtbot, tmp_path):
@@ -79,10 +79,44 @@ def test_plate_errors_on_the_status_line(viewer_and_widget, qtbot, tmp_path):
     generate(qtbot, widget, steps=2, cells=2)
     text = widget.status.text()
     assert f"the images folder {missing} does not exist" in text and "platemap.csv" in text, text
-    assert widget._result is None
+    assert result_of(widget) is None
     widget.controls.choose_wells(set())
     widget.generate_button.click()
     wait_idle(qtbot, widget)
     assert "tick the control wells" in widget.status.text()
     widget.controls.plate_file.value = tmp_path / "absent.csv"
     assert "absent.csv does not exist" in widget.controls.wells_note.text() and widget.controls.wells.count() == 0
+
+
+def test_a_fields_pixel_size_comes_from_its_layer_or_the_box(viewer_and_widget, qtbot, tmp_path):
+    import tifffile
+    from skimage.transform import rescale
+
+    from napari_cellflux.generation.controls import crops_from_field
+
+    viewer, widget = viewer_and_widget
+    path = channel_model_file(tmp_path / "cpg.safetensors", DATASET_CHANNELS["cpg0000"], 96, JUMP_UM, "test")
+    load(qtbot, widget, path)
+    controls = widget.controls
+    controls.choose("sample")
+    assert not controls._pixel_size_row.isVisibleTo(widget)  # only fields and plates have one
+    names = [c.name for c in DATASET_CHANNELS["cpg0000"]]  # DNA, ER, RNA, AGP, Mito
+    numbers = {"Mito": 1, "AGP": 2, "RNA": 3, "ER": 4, "DNA": 5}
+    native = [tifffile.imread(CPG / f"r01c01f01p01-ch{numbers[n]}sk1fk1fl1.tiff") for n in names]
+    fine = [np.round(rescale(p.astype(np.float32), 2, order=1, preserve_range=True)).astype(np.uint16) for p in native]
+    # as napari-cellflux's reader opens a field whose TIFF records 0.299 µm pixels
+    layers = [viewer.add_image(p, name=f"fine [{n}]", scale=(JUMP_UM / 2,) * 2, units=("µm", "µm"))
+              for p, n in zip(fine, names)]
+    controls.choose("field")
+    controls.field_layers.select(layers)
+    assert controls._pixel_size_row.isVisibleTo(widget)
+    model = load_model_file(path, "cpu")
+    job = controls.job(model, 0, 8)
+    assert job.args[-1] == JUMP_UM / 2  # the layer's own µm scale
+    np.testing.assert_array_equal(job(), crops_from_field(fine, model, "fine", pixel_size_um=JUMP_UM / 2))
+    controls.pixel_size.setValue(JUMP_UM)  # typed: it wins over the layer's scale
+    assert controls.job(model, 0, 8).args[-1] == JUMP_UM
+    controls.pixel_size.setValue(0)
+    for layer in layers:
+        layer.scale, layer.units = (1, 1), ("pixel", "pixel")
+    assert controls.job(model, 0, 8).args[-1] is None  # unknown: crops_from_field warns

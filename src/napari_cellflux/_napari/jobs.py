@@ -34,7 +34,8 @@ class NeedsConfirmation:
 
 def generation_job(model, pixels_job: Callable[[], np.ndarray], condition: dict, options: dict, progress, cancel,
                    confirmed: bool = False):
-    """Control pixels -> trajectory -> display grids (tiling a long trajectory is not free).
+    """Control pixels -> run -> its frames tiled per channel for display, each (F, grid_h, grid_w)
+    (tiling a long trajectory is not free).
     Returns None when cancelled, so a cancelled run ends quietly and adds nothing, and a
     NeedsConfirmation, before any step, for a run estimated over ASK_BEFORE_S unless
     ``confirmed`` (the estimate is one timed network evaluation: generation/cost.py). The domain
@@ -59,10 +60,10 @@ def generation_job(model, pixels_job: Callable[[], np.ndarray], condition: dict,
             warnings.simplefilter("ignore", DomainWarning)
             result = generate_from_pixels(
                 model, pixels, n_cells=options["n_cells"], device=options["device"],
-                sampling=SamplingConfig(**options["sampling"]), seed=options["seed"],
+                sampling=SamplingConfig(**options["sampling"]), mode=options["mode"], seed=options["seed"],
                 speed=SpeedOptions(precision="fast"),  # interactive: bf16 wherever the hardware computes it natively
                 progress=progress, cancel=cancel, before_run=before_run, **condition,
             )
     except GenerationCancelled:
         return NeedsConfirmation(too_long[0]) if too_long else None
-    return result, channel_grids(result.controls), channel_grids(result.pixels)
+    return result, channel_grids(result.frames)

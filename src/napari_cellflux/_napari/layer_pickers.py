@@ -1,5 +1,5 @@
-"""Choosing the viewer's layers as inputs: a multi-selection list of image layers, a choice of
-labels layer, and reading the chosen layers' data."""
+"""The dock's layer pickers: lists of image layers, the nucleus labels layer, reading the chosen
+layers' data, and a field's pixel size (typed, or the layer's own µm scale)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QComboBox, QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QComboBox, QDoubleSpinBox, QListWidget, QListWidgetItem
 
 if TYPE_CHECKING:
     import napari
@@ -87,3 +87,32 @@ class LabelsChoice(QComboBox):
 
     def layer(self):
         return self.currentData()
+
+
+class PixelSizeBox(QDoubleSpinBox):
+    """µm per pixel of a whole field, so cells are cut at the model's physical scale as `cellflux
+    extract --pixel-size` cuts them; 0 shows FROM_METADATA: the layer's own scale where it is in µm."""
+
+    FROM_METADATA = "from the layer / TIFF"
+
+    def __init__(self):
+        super().__init__()
+        self.setRange(0.0, 100.0)
+        self.setDecimals(3)
+        self.setSingleStep(0.05)
+        self.setSuffix(" µm")
+        self.setSpecialValueText(self.FROM_METADATA)
+        self.setToolTip(
+            "µm per pixel of the field. The field is rescaled to the model's pixel size before cells are cut, so a "
+            f"crop covers what the model learned. '{self.FROM_METADATA}': the layer's scale where it is in µm "
+            "(napari-cellflux's reader sets it from the TIFF), for plates the TIFFs' metadata; else the field is "
+            "taken to be at the model's pixel size, with a warning.")
+
+    def pixel_size_um(self, layers: list | None = None) -> float | None:
+        """The value set, else the first layer's scale where its units are µm, else None (unknown)."""
+        if self.value() > 0:
+            return float(self.value())
+        for layer in (layers or [])[:1]:
+            if str(layer.units[-1]) == "micrometer":
+                return float(layer.scale[-1])
+        return None

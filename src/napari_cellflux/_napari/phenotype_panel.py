@@ -36,6 +36,8 @@ class PhenotypePanel(QWidget):
 
         self.phenotype: RunPhenotype | None = None
         self._worker = None
+        self._closed = False  # the dock was closed while a measurement ran: its result has nowhere to go
+        self.destroyed.connect(self._close)
         self.figure = Figure(figsize=(3.2, 3.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.status = QLabel("Generate cells to see their phenotype")
@@ -53,17 +55,36 @@ class PhenotypePanel(QWidget):
 
     def show_result(self, result: "GenerationResult") -> None:
         """Measure ``result`` (controls, every state) in a thread worker, then draw it."""
+        from napari_cellflux.phenotype.effects import MIN_CELLS
+
         self.export_button.setEnabled(False)
+        if len(result.controls) < MIN_CELLS:  # said at once: no worker for a measurement that cannot give intervals
+            self._worker, self.phenotype = None, None
+            self.figure.clear()
+            self.canvas.draw_idle()
+            self.status.setText(f"the run has {len(result.controls)} cells; intervals need at least {MIN_CELLS}: "
+                                "generate more cells to see their phenotype")
+            return
         self.status.setText(f"measuring {len(result.controls)} cells at {len(result.times)} times ...")
         channels = [c.name for c in result.channels]
+        mine: list = []
+
+        def current(handler):  # a newer run's measurement replaces an older one still in flight
+            return lambda *value: handler(*value) if self._worker is mine[0] and not self._closed else None
+
         worker = create_worker(_run_job, result.controls, result.pixels, result.times, channels,
                                float(result.normalization.max_value), _start_thread=False,
-                               _connect={"returned": self._show, "errored": self._fail, "finished": self._finished})
+                               _connect={"returned": current(self._show), "errored": current(self._fail),
+                                         "finished": current(self._finished)})
+        mine.append(worker)
         self._worker = worker
         worker.start()
 
     def _finished(self) -> None:
         self._worker = None
+
+    def _close(self, *_) -> None:
+        self._closed = True
 
     def _fail(self, err: BaseException) -> None:
         self.phenotype = None

@@ -86,8 +86,9 @@ def channel_layers(planes: list, names: list[str], pixel_size_um: float | None, 
         color = channel_color(name, used)
         used.add(color)
         meta = {"name": f"{title} [{name}]" if title else name, "colormap": color, "blending": "additive"}
-        if pixel_size_um is not None:
+        if pixel_size_um is not None:  # the µm units are what the dock reads a field's pixel size from
             meta["scale"] = (1.0,) * (np.ndim(data) - 2) + (pixel_size_um, pixel_size_um)
+            meta["units"] = ("pixel",) * (np.ndim(data) - 2) + ("µm", "µm")
         layers.append((data, meta, "image"))
     return layers
 

@@ -1,5 +1,5 @@
-"""The dock widget's input sections, top to bottom: where the control cells come from, the model,
-the perturbation and the sampler settings. A missing or wrong input raises ValueError naming its
+"""The dock widget's input sections, top to bottom: the model, where the control cells come from,
+the perturbation, the mode and the sampler settings. A missing or wrong input raises ValueError naming its
 section, which the widget shows on its status line."""
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from napari_cellflux._napari.layer_pickers import LabelsChoice, LayerList, describe_layers, layer_pixels
+from napari_cellflux._napari.layer_pickers import LabelsChoice, LayerList, PixelSizeBox, describe_layers, layer_pixels
 from napari_cellflux._napari.qt_helpers import chosen_path, column, note, row, spin
 from napari_cellflux.data import samples
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation import controls
 from napari_cellflux.models.channels import describe
-from napari_cellflux.settings import DEVICES, GRID_NAMES, SOLVER_NAMES
+from napari_cellflux.settings import DEVICES, GRID_NAMES, MODES, SOLVER_NAMES
+
+BADGE_COLOR = "#ffd166"  # yellow behind black text: readable on napari's dark and light themes
 
 if TYPE_CHECKING:
     import napari
@@ -78,10 +80,13 @@ class ControlsBox(QGroupBox):
             column(note(".npy / .tif stack of crops, or a folder of them (type a folder's path)"), self.file.native),
             self._plate_page(),
         ]
+        self.pixel_size = PixelSizeBox()  # the field's µm per pixel (whole-field and plate sources)
+        self._pixel_size_row = row(QLabel("Pixel size:"), self.pixel_size)
         lay = QVBoxLayout(self)
         lay.addWidget(self.source)
         for page in self._pages:
             lay.addWidget(page)
+        lay.addWidget(self._pixel_size_row)
         self.source.currentIndexChanged.connect(self._show_page)
         self._show_page(0)
 
@@ -141,6 +146,7 @@ class ControlsBox(QGroupBox):
     def _show_page(self, index: int) -> None:
         for i, page in enumerate(self._pages):
             page.setVisible(i == index)
+        self._pixel_size_row.setVisible(self.source.itemData(index) in ("field", "plate"))
 
     def choose(self, key: str) -> None:
         self.source.setCurrentIndex(list(self.SOURCES).index(key))
@@ -162,7 +168,7 @@ class ControlsBox(QGroupBox):
             images = None if str(Path(self.plate_images.value)) in ("", ".") else Path(self.plate_images.value)
             return partial(controls.crops_from_plate, csv, wells, model, images=images,
                            name_pattern=self.name_pattern.currentText().strip() or None,
-                           channels=self.plate_channels.text().strip() or None)
+                           channels=self.plate_channels.text().strip() or None, pixel_size_um=self.pixel_size.pixel_size_um())
         picker = self.crop_layers if key == "crops" else self.field_layers
         layers = picker.selected()
         if not layers:
@@ -171,7 +177,8 @@ class ControlsBox(QGroupBox):
         if key == "crops":
             return partial(controls.crops_from_arrays, arrays, model, source)
         labels = self.labels.layer()
-        return partial(controls.crops_from_field, arrays, model, source, None if labels is None else layer_pixels(labels))
+        return partial(controls.crops_from_field, arrays, model, source, None if labels is None else layer_pixels(labels),
+                       self.pixel_size.pixel_size_um(layers))
 
 
 class ModelBox(QGroupBox):
@@ -185,6 +192,11 @@ class ModelBox(QGroupBox):
         self.file = FileEdit(mode="r", filter="CellFlux models (*.safetensors *.pth *.pt)")
         self.load = QPushButton("Load")
         self.info = note("No model loaded.")
+        # The demo's compounds carry real drug names for effects the synthetic screen was designed
+        # with, so the badge says so beside every result of it.
+        self.demo_badge = note("Synthetic demo model: its effects are designed, not learned from real cells.")
+        self.demo_badge.setStyleSheet(f"background: {BADGE_COLOR}; color: black; padding: 3px; border-radius: 3px")
+        self.demo_badge.setVisible(False)
         self._list_zoo()
         self.choice.addItem(self.LOCAL, None)
         self.choice.currentIndexChanged.connect(self._show_file)
@@ -193,6 +205,7 @@ class ModelBox(QGroupBox):
         lay.addWidget(row(self.choice, self.load))
         lay.addWidget(self.file.native)
         lay.addWidget(self.info)
+        lay.addWidget(self.demo_badge)
 
     def _list_zoo(self) -> None:
         from napari_cellflux.models.zoo import ZooError, default_zoo
@@ -224,6 +237,14 @@ class ModelBox(QGroupBox):
             f"{Path(source).name}: {describe(model.channels)}; {model.image_size} x {model.image_size} px crops; "
             f"{len(vocab)} {vocab.kind} perturbations (sha256 {model.sha256[:12]})"
         )
+        self.demo_badge.setVisible(is_synthetic(model, source))
+
+
+def is_synthetic(model: "CellFluxModel", source: str) -> bool:
+    """The zoo's demo, or a model whose training data was the synthetic screen (its file records
+    the training config, whose data section says ``synthetic``)."""
+    data = model.training.get("data") if isinstance(model.training, dict) else None
+    return source == "demo" or bool(isinstance(data, dict) and data.get("synthetic"))
 
 
 class PerturbationBox(QGroupBox):
@@ -288,6 +309,47 @@ class PerturbationBox(QGroupBox):
         return {"perturbation": name}
 
 
+class ModeChoice(QComboBox):
+    """What a run answers (settings.MODES): morph each cell from its clean control, or sample
+    treated cells from control + noise, the paper's sampling. The widget starts on morph: it is
+    for watching each cell change."""
+
+    def __init__(self):
+        super().__init__()
+        for i, (name, description) in enumerate(MODES.items()):
+            self.addItem(description.partition(":")[0], name)
+            self.setItemData(i, description, Qt.ItemDataRole.ToolTipRole)
+        self.setCurrentIndex(list(MODES).index("morph"))
+        self.currentIndexChanged.connect(self._describe)
+        self._describe()
+
+    def _describe(self) -> None:
+        self.setToolTip(MODES[self.mode()])
+
+    def mode(self) -> str:
+        return self.currentData()
+
+
+# What each sampling option changes, shown as its tooltip.
+SAMPLING_TIPS = {
+    "solver": "How each step follows the flow: euler takes 1 network evaluation a step, midpoint and heun 2, "
+              "more accurate for the same steps",
+    "time grid": "Where the steps fall between t = 0 and 1: uniform evenly; edm (the paper's) crowded near t = 1, "
+                 "where the fine detail forms",
+    "steps": "Solver steps from t = 0 to 1: more follow the flow more closely and take proportionally longer; "
+             "the t slider gets one frame per step",
+    "guidance": "Classifier-free guidance w: v = (1 + w) v(perturbation) - w v(unconditional); 0 = none, "
+                "higher exaggerates the perturbation's effect",
+    "noise level": "Sample mode: the start is control + level x Gaussian noise (the paper's 0.5); higher frees the "
+                   "generated cells further from their controls' shapes",
+    "seed": "The random numbers: which synthetic sample cells are drawn and, in sample mode, the noise added; "
+            "the same seed gives the same result",
+    "number of cells": "How many control cells to carry: the first N of the chosen controls",
+    "device": "Where the network runs: auto takes a CUDA GPU, else Apple MPS, else the CPU",
+}
+MORPH_NOISE_TIP = "Morph mode starts from the clean control cells (noise level 0); choose sample treated cells to set it"
+
+
 class SamplingBox(QCollapsible):
     """Solver settings (the model's defaults after loading), seed, number of cells, device."""
 
@@ -303,12 +365,20 @@ class SamplingBox(QCollapsible):
         self.cells = spin(1, 100_000, 16)
         form = QWidget()
         lay = QFormLayout(form)
-        for label, widget in (
-            ("solver", self.solver), ("time grid", self.grid), ("steps", self.steps), ("guidance", self.guidance),
-            ("noise level", self.noise), ("seed", self.seed), ("number of cells", self.cells), ("device", self.device),
-        ):
+        self.fields = {
+            "solver": self.solver, "time grid": self.grid, "steps": self.steps, "guidance": self.guidance,
+            "noise level": self.noise, "seed": self.seed, "number of cells": self.cells, "device": self.device,
+        }
+        for label, widget in self.fields.items():
+            widget.setToolTip(SAMPLING_TIPS[label])
             lay.addRow(label, widget)
         self.addWidget(form)
+
+    def set_mode(self, mode: str) -> None:
+        """Morph ignores the noise level (it starts from the clean controls): the field says so."""
+        morph = mode == "morph"
+        self.noise.setEnabled(not morph)
+        self.noise.setToolTip(MORPH_NOISE_TIP if morph else SAMPLING_TIPS["noise level"])
 
     def set_defaults(self, sampling: "SamplingConfig") -> None:
         self.solver.setCurrentText(sampling.solver)

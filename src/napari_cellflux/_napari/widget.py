@@ -1,11 +1,11 @@
-"""The CellFlux dock widget (Plugins > CellFlux): controls -> model -> perturbation -> sampling ->
-generate -> result -> export, top to bottom.
+"""The CellFlux dock widget (Plugins > CellFlux): model -> controls -> perturbation -> mode and
+sampling -> generate -> result -> export, top to bottom, in a scrollable column.
 
 Thin by design: Qt layout, thread workers and napari layers only; every computation is a call into
-the headless package (api, controls, samples, result, layout). torch is first imported inside a
+the headless package (api, controls, samples, result, export). torch is first imported inside a
 worker (loading a model), so napari starts fast and the Qt thread never does heavy work.
-Here: the sections (sections.py) wired to the workers (jobs.py), the result layers, and the t
-slider kept in step with napari's time axis.
+Here: the sections (sections.py, result_box.py) wired to the workers (jobs.py) and to the result
+columns on the canvas (columns.py), and the run's progress in napari's activity panel.
 """
 
 from __future__ import annotations
@@ -15,28 +15,20 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-from magicgui.widgets import FileEdit
 from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QGroupBox,
-    QLabel,
-    QMessageBox,
-    QProgressBar,
-    QPushButton,
-    QSlider,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QGroupBox, QLabel, QMessageBox, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
+from napari_cellflux._napari.columns import ResultColumns, Run
 from napari_cellflux._napari.jobs import NeedsConfirmation, generation_job, load_job
-from napari_cellflux._napari.qt_helpers import chosen_path, note, row
-from napari_cellflux._napari.sections import ControlsBox, ModelBox, PerturbationBox, SamplingBox
-from napari_cellflux._napari.writer import LAYER_KEY
+from napari_cellflux._napari.phenotype_panel import PhenotypePanel
+from napari_cellflux._napari.qt_helpers import note, row
+from napari_cellflux._napari.result_box import ExportBox, ResultBox
+from napari_cellflux._napari.sections import ControlsBox, ModeChoice, ModelBox, PerturbationBox, SamplingBox
 from napari_cellflux.errors import InputError, describe
+from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES
 
 if TYPE_CHECKING:
     import napari
@@ -44,29 +36,29 @@ if TYPE_CHECKING:
     from napari_cellflux.generation.result import GenerationResult
     from napari_cellflux.models.model_file import CellFluxModel
 
-SLIDER_TICKS = 1000  # resolution of the t slider over [0, 1]
-SPACING = 16  # world px between the controls grid, the generated grid and other layers
 WARNING_COLOR = "#ff9f1c"  # orange: readable on napari's dark and light themes
+SMILES_SHOWN = 10  # characters of a SMILES in a column's title; the whole SMILES is in its tooltip
 
 
 class CellFluxWidget(QWidget):
-    """Generate perturbed cells from control cells with a CellFlux model and explore the trajectory."""
+    """Generate perturbed cells from control cells with a CellFlux model and compare the runs."""
 
     progressed = Signal(int, int)  # (done, total) steps, emitted from the generation worker thread
+    results_changed = Signal()  # a column was added, replaced or cleared (columns.runs)
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__()
         self._viewer = napari_viewer
         self._model: CellFluxModel | None = None
-        self._result: GenerationResult | None = None
-        self._layers: list = []  # the last run's layers; the next run replaces them
         self._worker = None
         self._cancel: threading.Event | None = None  # set while a generation runs
-        self._moving_dims = False  # True while the t slider moves napari's time axis
+        self._activity: progress | None = None  # the run's bar in napari's activity panel
+        self._smiles: dict[str, int] = {}  # SMILES -> its number in column titles
 
-        self.controls = ControlsBox(napari_viewer)
         self.model = ModelBox()
+        self.controls = ControlsBox(napari_viewer)
         self.perturbation = PerturbationBox()
+        self.mode = ModeChoice()
         self.sampling = SamplingBox()
         self.generate_button = QPushButton("Generate")
         self.cancel_button = QPushButton("Cancel")
@@ -77,35 +69,47 @@ class CellFluxWidget(QWidget):
         self.domain_warning.setStyleSheet(f"color: {WARNING_COLOR}")
         self.domain_warning.setVisible(False)
         self.status = note("Load a model to start (the bundled demo works with the synthetic sample cells).")
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setRange(0, SLIDER_TICKS)
-        self.time_label = QLabel("t = 1")
-        self.export_choice = QComboBox()
-        self.export_choice.addItems(["whole trajectory (T, N, C, H, W)", "current t only"])
-        self.export_file = FileEdit(mode="w", filter="Fiji hyperstack (*.tif *.tiff)")
-        self.export_button = QPushButton("Export TIFF")
+        self.result = ResultBox()
+        self.export = ExportBox()
+        self.phenotype = QGroupBox("Phenotype of the last run")
+        self.phenotype_panel = PhenotypePanel()
+        QVBoxLayout(self.phenotype).addWidget(self.phenotype_panel)
+        self.columns = ResultColumns(napari_viewer)
 
-        result = QGroupBox("Result")
-        QVBoxLayout(result).addWidget(row(QLabel("t"), self.slider, self.time_label))
-        export = QGroupBox("Export")
-        export_lay = QVBoxLayout(export)
-        export_lay.addWidget(self.export_choice)
-        export_lay.addWidget(row(self.export_file.native, self.export_button))
-        lay = QVBoxLayout(self)
-        for w in (
-            self.controls, self.model, self.perturbation, self.sampling,
-            row(self.generate_button, self.cancel_button), self.domain_warning, self.progress, self.status, result, export,
-        ):
-            lay.addWidget(w)
+        # Top to bottom; a further section (e.g. a panel reading self.columns.runs on
+        # results_changed) is one more entry here.
+        sections = [
+            self.model, self.controls, self.perturbation, row(QLabel("mode"), self.mode), self.sampling,
+            row(self.generate_button, self.cancel_button), self.domain_warning, self.progress, self.status,
+            self.result, self.phenotype, self.export,
+        ]
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        for section in sections:
+            lay.addWidget(section)
         lay.addStretch()
+        # Scrolling, not squeezing: with the field source and Sampling both open the sections are
+        # taller than a dock, and a squeezed form draws its rows over each other.
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(content)
+        self.scroll.setMinimumWidth(content.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
         self.model.load.clicked.connect(self.load_model)
+        self.mode.currentIndexChanged.connect(lambda: self.sampling.set_mode(self.mode.mode()))
+        self.sampling.set_mode(self.mode.mode())
         self.generate_button.clicked.connect(lambda: self.generate())  # not clicked(bool) as "confirmed"
         self.cancel_button.clicked.connect(self.cancel)
         self.progressed.connect(self._on_progress)
-        self.slider.valueChanged.connect(self._on_slider)
-        self.export_button.clicked.connect(self.export)
-        napari_viewer.dims.events.current_step.connect(self._on_dims)
+        self.result.slider.valueChanged.connect(self._on_slider)
+        self.result.clear_button.clicked.connect(self.clear_results)
+        self.export.tiff_button.clicked.connect(self.export_tiff)
+        self.export.gif_button.clicked.connect(self.export_gif)
+        self.results_changed.connect(self._list_columns)
         self._set_busy(False)
 
     # ---- running things in workers -------------------------------------------------------------
@@ -138,11 +142,16 @@ class CellFluxWidget(QWidget):
         if not busy:
             self._worker, self._cancel = None, None
             self.progress.setRange(0, 1)
+            self.progress.resetFormat()
+            if self._activity is not None:
+                self._activity.close()
+                self._activity = None
+        shown = bool(self.columns.runs)
         self.model.load.setEnabled(not busy)
         self.generate_button.setEnabled(not busy and self._model is not None)
-        self.export_button.setEnabled(not busy and self._result is not None)
+        self.export.tiff_button.setEnabled(not busy and shown)
+        self.export.gif_button.setEnabled(not busy and shown)
         self.cancel_button.setEnabled(busy and self._cancel is not None and not self._cancel.is_set())
-        self.slider.setEnabled(self._result is not None)
 
     def _fail(self, err: BaseException) -> None:
         """Report on the status line and as a napari notification: the package's one-line text for
@@ -152,8 +161,17 @@ class CellFluxWidget(QWidget):
         show_error(f"CellFlux: {message}")
 
     def _on_progress(self, done: int, total: int) -> None:
+        """Steps done and time left, on the dock's bar and in napari's activity panel (bottom right)."""
+        if self._activity is None:
+            self._activity = progress(total=total, desc="CellFlux: generating")
+        activity = self._activity  # updating it may process the events that end the run
         self.progress.setRange(0, total)
         self.progress.setValue(done)
+        if done:
+            left = activity.format_dict["elapsed"] / done * (total - done)
+            self.progress.setFormat(f"%v/%m steps · about {left:.0f} s left" if left < 120
+                                    else f"%v/%m steps · about {left / 60:.0f} min left")
+        activity.update(done - activity.n)
 
     # ---- actions ---------------------------------------------------------------------------------
 
@@ -178,7 +196,7 @@ class CellFluxWidget(QWidget):
         try:
             if self._model is None:
                 raise InputError("Model: load a model first")
-            options = self.sampling.options()
+            options = {**self.sampling.options(), "mode": self.mode.mode()}
             condition = self.perturbation.condition()
             pixels_job = self.controls.job(self._model, options["seed"], options["n_cells"])
         except ValueError as err:
@@ -198,24 +216,41 @@ class CellFluxWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.status.setText("Cancelling…")
 
-    def export(self) -> None:
+    def clear_results(self) -> None:
+        self.columns.clear()
+        self.results_changed.emit()
+        self.status.setText("Results cleared; the next run starts a new comparison.")
+
+    def export_tiff(self) -> None:
         try:
-            if self._result is None:
-                raise InputError("Export: generate cells first")
-            path = chosen_path(self.export_file, "Export")
+            run = self._export_run()
+            path = self.export.target(TIFF_SUFFIXES)
         except ValueError as err:
             self._fail(err)
             return
-        if path.suffix.lower() not in (".tif", ".tiff"):
-            path = path.with_name(path.name + ".tif")
-        index = None if self.export_choice.currentIndex() == 0 else self._slider_index()
-        self._start(self._result.write_tiff, self._exported, f"Writing {path}…", path, index)
+        index = None if self.export.choice.currentIndex() == 0 else self.columns.frame_of(run)
+        self._start(run.result.write_tiff, self._exported, f"Writing {path}…", path, index)
+
+    def export_gif(self) -> None:
+        try:
+            run = self._export_run()
+            path = self.export.target(ANIMATION_SUFFIXES)
+            cells = self.export.chosen_cells(len(run.result.controls))
+        except ValueError as err:
+            self._fail(err)
+            return
+        self._start(run.result.write_animation, self._exported, f"Writing {path}…", path, cells)
+
+    def _export_run(self) -> Run:
+        if not self.columns.runs:
+            raise InputError("Export: generate cells first")
+        return self.columns.runs[self.export.chosen_run()]
 
     def _exported(self, path: Path) -> None:
         self.status.setText(f"Wrote {path}")
         show_info(f"CellFlux: wrote {path}")
 
-    # ---- result layers -------------------------------------------------------------------------
+    # ---- results ---------------------------------------------------------------------------------
 
     def _show_result(self, payload) -> None:
         if payload is None:
@@ -224,30 +259,42 @@ class CellFluxWidget(QWidget):
         if isinstance(payload, NeedsConfirmation):
             self._confirm_long_run(payload.estimate)
             return
-        result, control_grids, generated_grids = payload
+        result, grids = payload
         self._show_domain_check(result.domain_messages)
-        self._result = None  # the time-axis handlers rest while layers change
-        for layer in self._layers:
-            if layer in self._viewer.layers:
-                self._viewer.layers.remove(layer)
-        self._layers = []
-        left = self._free_x()
-        right = left + control_grids[0].shape[-1] + SPACING
-        for channel, controls_grid, generated in zip(result.channels, control_grids, generated_grids):
-            style = {"colormap": channel.color, "blending": "additive", "contrast_limits": (0, result.normalization.max_value)}
-            self._layers.append(self._viewer.add_image(
-                controls_grid, name=f"controls [{channel.name}]", translate=(0, left), **style))
-            self._layers.append(self._viewer.add_image(
-                generated, name=f"{result.label} [{channel.name}]", translate=(0, 0, right),
-                axis_labels=("t", "y", "x"), metadata={LAYER_KEY: result}, **style))
-        self._result = result
-        self._go_to(1.0)  # the perturbed cells first
+        title, full_name = self._names(result)
+        how = self.columns.add(Run(result, grids, title, full_name))
+        self.results_changed.emit()
+        self.phenotype.setTitle(f"Phenotype of {title}")
+        self.phenotype_panel.show_result(result)  # measured off the Qt thread
         self._viewer.reset_view()
-        n, t = result.controls.shape[0], len(result.times)
+        n, frames = len(result.controls), len(result.frame_names)
         self.status.setText(
-            f"{n} cells under {result.label}, {t} states from t = {result.times[0]:.3f} to 1 "
-            "(controls left, generated right). Move t to morph."
+            f"{n} cells under {full_name}, {frames} frames from the controls (t = 0) to t = 1; {how}. "
+            "Move t to morph; every column shows its frame nearest that t."
         )
+
+    def _names(self, result: "GenerationResult") -> tuple[str, str]:
+        """A column's title and full name: the perturbation, or "SMILES k: <start>…" for an unseen
+        compound; "(sampled)" after either for a run of mode sample."""
+        smiles = result.trajectory.metadata.get("smiles")
+        if smiles:
+            k = self._smiles.setdefault(smiles, len(self._smiles) + 1)
+            short = smiles if len(smiles) <= SMILES_SHOWN + 1 else smiles[:SMILES_SHOWN] + "…"
+            title, full_name = f"SMILES {k}: {short}", f"SMILES {k}: {smiles}"
+        else:
+            title = full_name = result.label
+        suffix = " (sampled)" if result.mode == "sample" else ""
+        return title + suffix, full_name + suffix
+
+    def _list_columns(self) -> None:
+        runs = self.columns.runs
+        self.result.show_timeline(self.columns.names, self.columns.titles if runs else [])
+        self.export.list_runs([r.title for r in runs], [r.full_name for r in runs])
+        self._set_busy(self.busy)
+
+    def _on_slider(self, tick: int) -> None:
+        self.columns.show(tick)
+        self.result.label_frame(tick)
 
     def _confirm_long_run(self, estimate) -> None:
         question = f"{estimate.advice()[0].upper()}{estimate.advice()[1:]}.\n\nStart it anyway?"
@@ -261,56 +308,3 @@ class CellFluxWidget(QWidget):
         """List what the check of the controls found (hidden when nothing)."""
         self.domain_warning.setText("\n".join(f"⚠ {m}" for m in messages))
         self.domain_warning.setVisible(bool(messages))
-
-    def _free_x(self) -> float:
-        """World x right of every layer in the viewer, so the result covers none of them."""
-        edges = [layer.extent.world[1][-1] for layer in self._viewer.layers]
-        return float(np.ceil(max(edges))) + 1 + SPACING if edges else 0.0
-
-    # ---- the t slider and napari's time axis ---------------------------------------------------
-
-    def _showing(self) -> bool:
-        """A result is on screen: its layers are all still in the viewer."""
-        return self._result is not None and all(layer in self._viewer.layers for layer in self._layers)
-
-    def _time_axis(self) -> int:
-        return self._viewer.dims.ndim - 3  # generated layers are (T, y, x), aligned to the last axes
-
-    def _slider_index(self) -> int:
-        """The grid state nearest to the slider's t."""
-        return self._result.trajectory.index_at(self.slider.value() / SLIDER_TICKS)
-
-    def _set_slider(self, t: float) -> None:
-        """Move the slider to ``t`` without reacting to it."""
-        self.slider.blockSignals(True)
-        self.slider.setValue(round(t * SLIDER_TICKS))
-        self.slider.blockSignals(False)
-
-    def _go_to(self, t: float) -> None:
-        self._set_slider(t)
-        self._on_slider(self.slider.value())
-
-    def _on_slider(self, value: int) -> None:
-        """t chosen in the widget -> the nearest grid state on napari's time axis."""
-        if not self._showing():
-            return
-        index = self._slider_index()
-        self._moving_dims = True
-        try:
-            self._viewer.dims.set_current_step(self._time_axis(), index)
-        finally:
-            self._moving_dims = False
-        self._label_time(index)
-
-    def _on_dims(self, event=None) -> None:
-        """napari's time axis moved -> the slider follows, snapped to that state's t."""
-        if not self._showing() or self._moving_dims:
-            return
-        times = self._result.times
-        index = min(int(self._viewer.dims.current_step[self._time_axis()]), len(times) - 1)
-        self._set_slider(float(times[index]))
-        self._label_time(index)
-
-    def _label_time(self, index: int) -> None:
-        times = self._result.times
-        self.time_label.setText(f"t = {times[index]:.3f} (state {index}/{len(times) - 1})")
