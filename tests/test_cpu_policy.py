@@ -100,6 +100,14 @@ def test_openmp_settings_do_not_override_the_users(tmp_path):
     assert mine["OMP_WAIT_POLICY"] == "ACTIVE" and mine["OMP_NUM_THREADS"] == "7"
 
 
+def test_a_command_keeps_spinning_but_not_beyond_its_quota(tmp_path):
+    assert process.prepare_openmp({}, passive_wait=False, cpu_max=tmp_path / "none") == {}
+    quota = tmp_path / "cpu.max"
+    quota.write_text("100000 100000\n")  # one CPU
+    expected = {"OMP_NUM_THREADS": "1"} if process.usable_cpus(tmp_path / "none") > 1 else {}
+    assert process.prepare_openmp({}, passive_wait=False, cpu_max=quota) == expected
+
+
 def test_cpu_quota_sets_the_thread_count(tmp_path):
     quota = tmp_path / "cpu.max"
     quota.write_text("100000 100000\n")
@@ -119,15 +127,18 @@ def test_openmp_settings_wait_for_a_process_without_torch():
     assert dict(os.environ) == before
 
 
-@pytest.mark.parametrize("user, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_cellflux_command_sets_the_wait_policy_before_torch(user, expected):
-    code = ("import atexit, os, sys; atexit.register(lambda: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)); "
-            "from napari_cellflux.cli import main; main(['--help'])")
+@pytest.mark.parametrize("entry, user, expected", [
+    ("import napari_cellflux._napari", None, "PASSIVE"),  # the plugin shares its cores with napari's GUI
+    ("import napari_cellflux._napari", "ACTIVE", "ACTIVE"),
+    ("from napari_cellflux.cli import main; main(['--help'])", None, "None"),  # a command keeps spinning
+])
+def test_the_plugin_sets_the_wait_policy_before_torch(entry, user, expected):
+    code = f"import atexit, os, sys; atexit.register(lambda: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)); {entry}"
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if user:
         env["OMP_WAIT_POLICY"] = user
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.splitlines()[-1] == f"{expected} False"  # set, and torch not yet loaded
+    assert out.stdout.splitlines()[-1] == f"{expected} False"  # set (or not), and torch not yet loaded
 
 
 def test_allocator_leaves_a_users_malloc_settings_alone():

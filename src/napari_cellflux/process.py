@@ -57,9 +57,11 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
-def prepare_openmp(environ: dict | None = None, *, cpu_max: Path = CGROUP_CPU_MAX) -> dict[str, str]:
-    """Set the OpenMP wait policy (OPENMP_WAIT) and, under a CPU quota below the usable CPUs,
-    OMP_NUM_THREADS in ``environ``, each only if the user has not set it; returns what was set.
+def prepare_openmp(environ: dict | None = None, *, passive_wait: bool = True, cpu_max: Path = CGROUP_CPU_MAX) -> dict[str, str]:
+    """Set the OpenMP wait policy (OPENMP_WAIT, with ``passive_wait``) and, under a CPU quota below
+    the usable CPUs, OMP_NUM_THREADS in ``environ``, each only if the user has not set it; returns
+    what was set. Passive waiting is for a process that shares its cores (napari's GUI): on an idle
+    machine it makes the demo's Generate about 1.5x slower, on a busy one 2.2x faster (docs/speed.md).
     Only before torch is imported, since the OpenMP runtime reads them when it loads: with
     ``environ`` None (``os.environ``) and torch already imported, nothing is changed (a Python
     caller who imported torch first sets them in the shell instead: docs/speed.md)."""
@@ -67,7 +69,7 @@ def prepare_openmp(environ: dict | None = None, *, cpu_max: Path = CGROUP_CPU_MA
         if "torch" in sys.modules:
             return {}
         environ = os.environ
-    wanted = dict(OPENMP_WAIT)
+    wanted = dict(OPENMP_WAIT) if passive_wait else {}
     threads = usable_cpus(cpu_max)
     if threads < _affinity():
         wanted["OMP_NUM_THREADS"] = str(threads)

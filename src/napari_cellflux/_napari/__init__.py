@@ -2,4 +2,6 @@
 
 from napari_cellflux.process import prepare_openmp
 
-prepare_openmp()  # before any worker imports torch: OpenMP reads its wait policy once, when torch loads it
+# Before any worker imports torch (OpenMP reads its wait policy once, when it loads): the workers
+# share the cores with napari's GUI, where spinning threads cost ~2.2x (docs/speed.md).
+prepare_openmp()

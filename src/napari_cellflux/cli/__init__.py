@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cellflux.errors import run_main
     from napari_cellflux.process import prepare_openmp
 
-    prepare_openmp()  # before a command imports torch: OpenMP reads its wait policy once, when it loads
+    # Before a command imports torch (OpenMP reads these once, when it loads). Spinning is kept:
+    # a command usually owns its cores, where passive waiting costs ~1.5x (docs/speed.md).
+    prepare_openmp(passive_wait=False)
     args = build_parser().parse_args(argv)
     return run_main(f"cellflux {args.command}", lambda: args.run(args))
 
