@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from plugin_helpers import FAST, tiny_model
 
+from napari_cellflux.atomic import check_writable
 from napari_cellflux.data.samples import synthetic_controls
 from napari_cellflux.data.scale import pixel_size_from_tiff
 from napari_cellflux.errors import InputError
@@ -22,7 +23,6 @@ from napari_cellflux.generation.export import (
     FINAL_HOLD_S,
     TIFF_SUFFIXES,
     channel_rgb,
-    check_export_path,
     compose_rgb,
     imagej_lut,
 )
@@ -52,20 +52,20 @@ def result(cells):
 def test_an_empty_path_or_a_folder_is_not_an_export_target(tmp_path):
     for empty in ("", ".", " "):
         with pytest.raises(InputError, match="export: give a file name ending in .tif"):
-            check_export_path(empty, TIFF_SUFFIXES)
+            check_writable(empty, what="export", suffixes=TIFF_SUFFIXES)
     with pytest.raises(InputError, match=f"export {tmp_path} is a folder; give a file name ending in .tif"):
-        check_export_path(tmp_path, TIFF_SUFFIXES)
+        check_writable(tmp_path, what="export", suffixes=TIFF_SUFFIXES)
     with pytest.raises(InputError, match="is a folder"):  # the old bug: "<folder>.tif" written beside the folder
-        check_export_path(tmp_path, TIFF_SUFFIXES, add_suffix=True)
+        check_writable(tmp_path, what="export", suffixes=TIFF_SUFFIXES, add_suffix=True)
     with pytest.raises(InputError, match="is a folder"):
-        check_export_path(f"{tmp_path}/new/", TIFF_SUFFIXES)
+        check_writable(f"{tmp_path}/new/", what="export", suffixes=TIFF_SUFFIXES)
     (tmp_path / "taken.tif").mkdir()
     with pytest.raises(InputError, match="taken.tif is a folder"):
-        check_export_path(tmp_path / "taken", TIFF_SUFFIXES, add_suffix=True)
+        check_writable(tmp_path / "taken", what="export", suffixes=TIFF_SUFFIXES, add_suffix=True)
     with pytest.raises(InputError, match="--gif .*must end in .gif"):
-        check_export_path(tmp_path / "morph.png", ANIMATION_SUFFIXES, what="--gif")
-    assert check_export_path(tmp_path / "run", TIFF_SUFFIXES, add_suffix=True) == tmp_path / "run.tif"
-    assert check_export_path(tmp_path / "run.TIFF", TIFF_SUFFIXES) == tmp_path / "run.TIFF"
+        check_writable(tmp_path / "morph.png", what="--gif", suffixes=ANIMATION_SUFFIXES)
+    assert check_writable(tmp_path / "run", what="export", suffixes=TIFF_SUFFIXES, add_suffix=True) == tmp_path / "run.tif"
+    assert check_writable(tmp_path / "run.TIFF", what="export", suffixes=TIFF_SUFFIXES) == tmp_path / "run.TIFF"
     assert list(tmp_path.iterdir()) == [tmp_path / "taken.tif"]
 
 

@@ -65,17 +65,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def check_writable(path: str | os.PathLike, *, what: str = "output", suffixes: tuple[str, ...] = (),
-                   folder: bool = False) -> Path:
+                   folder: bool = False, add_suffix: bool = False) -> Path:
     """``path`` if a file (or with ``folder``, a folder) can be written there; else an InputError
-    that says why. Called before long work, so a bad ``--out`` fails in a second, not after minutes."""
+    that says why. Called before long work, so a bad ``--out`` fails in a second, not after minutes.
+    A file needs a name: an empty path, a folder or a path ending in a separator is refused (not
+    "<folder>.tif" beside it); its name must end in one of ``suffixes``, or with ``add_suffix``
+    (the widget's file field) gets ``suffixes[0]`` appended."""
     from napari_cellflux.errors import InputError
 
-    path = Path(path)
-    if str(path) in ("", "."):
-        raise InputError(f"{what}: give a path to write to")
+    text = os.fspath(path)
+    file_name = f"a file name ending in {suffixes[0]}" if suffixes else "a file name"
+    if text.strip() in ("", "."):
+        hint = f"{file_name}, e.g. cells{suffixes[0]}" if suffixes and not folder else "a path to write to"
+        raise InputError(f"{what}: give {hint}")
+    path = Path(text)
     if not folder:
-        if path.is_dir():
-            raise InputError(f"{what} {path} is a folder; give a file name{' ending in ' + suffixes[0] if suffixes else ''}")
+        if path.is_dir() or text.endswith(("/", os.sep)):
+            example = f", e.g. {path / ('cells' + suffixes[0])}" if suffixes else ""
+            raise InputError(f"{what} {text} is a folder; give {file_name}{example}")
+        if add_suffix and path.suffix.lower() not in suffixes:
+            return check_writable(path.with_name(path.name + suffixes[0]), what=what, suffixes=suffixes)
         if suffixes and path.suffix.lower() not in suffixes:
             raise InputError(f"{what} {path}: the name must end in {' or '.join(suffixes)}")
     elif path.exists() and not path.is_dir():

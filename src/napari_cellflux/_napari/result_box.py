@@ -12,8 +12,9 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QLineEdit, QPushButton, QSlider, QVBoxLayout
 
 from napari_cellflux._napari.qt_helpers import note, row
+from napari_cellflux.atomic import check_writable
 from napari_cellflux.errors import InputError
-from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES, check_export_path
+from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES
 
 NO_RESULT = "t = 0 (no result yet)"
 CELLS = re.compile(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?")  # "3" or "0-3"
@@ -100,7 +101,7 @@ class ExportBox(QGroupBox):
         other = ANIMATION_SUFFIXES if suffixes == TIFF_SUFFIXES else TIFF_SUFFIXES
         if Path(text).suffix.lower() in other and not Path(text).is_dir():
             text = str(Path(text).with_suffix(suffixes[0]))
-        return check_export_path(text, suffixes, what="Export", add_suffix=True)
+        return check_writable(text, what="Export", suffixes=suffixes, add_suffix=True)
 
     def chosen_cells(self, n: int) -> list[int] | None:
         """The cells typed for the GIF (None: all ``n``)."""

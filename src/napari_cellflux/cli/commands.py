@@ -98,16 +98,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from napari_cellflux.api import load_model
     from napari_cellflux.errors import InputError
     from napari_cellflux.generation.cost import announce
-    from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES, check_export_path, check_fps
+    from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES, check_fps
     from napari_cellflux.generation.result import generate_from_pixels
     from napari_cellflux.models.channels import describe
     from napari_cellflux.models.domain import print_warnings
     from napari_cellflux.settings import check_mode_noise
 
     check_mode_noise(args.mode, args.noise_level)
-    check_export_path(args.out, TIFF_SUFFIXES, what="--out")
+    check_writable(args.out, what="--out", suffixes=TIFF_SUFFIXES)
     if args.gif is not None:
-        check_export_path(args.gif, ANIMATION_SUFFIXES, what="--gif")
+        check_writable(args.gif, what="--gif", suffixes=ANIMATION_SUFFIXES)
         check_fps(args.fps, what="--fps")
     elif args.gif_cells:
         raise InputError("--gif-cells chooses the cells of the GIF; give --gif PATH too")

@@ -1,17 +1,16 @@
 """Writing generated runs for Fiji and for slides, atomically: the TIFF hyperstack (channel
 colours as ImageJ LUTs, the pixel size as ImageJ resolution in µm) and the animated morph (GIF),
-and the one check of an export target used by the CLI, the napari writer and the widget."""
+checked by ``atomic.check_writable`` as every output is."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from napari_cellflux.atomic import atomic_write, check_writable
+from napari_cellflux.atomic import atomic_write
 from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel
 
@@ -27,23 +26,6 @@ RGB = {
 CELL_SIDE_PX = 128  # cells of an animation are enlarged (nearest neighbour) to about this size for slides
 MAX_COLUMNS = 8
 FINAL_HOLD_S = 1.0  # the loop rests on the perturbed cells
-
-
-def check_export_path(path: str | os.PathLike, suffixes: tuple[str, ...], *, what: str = "export",
-                      add_suffix: bool = False) -> Path:
-    """The file to export to, or an InputError: an empty path or a folder is refused (a file
-    name is needed, not "<folder>.tif" beside it), as is a name not ending in one of
-    ``suffixes``, unless ``add_suffix`` appends ``suffixes[0]`` to it (the widget's file field)."""
-    text = os.fspath(path)
-    example = f"cells{suffixes[0]}"
-    if text.strip() in ("", "."):
-        raise InputError(f"{what}: give a file name ending in {suffixes[0]}, e.g. {example}")
-    path = Path(text)
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        raise InputError(f"{what} {text} is a folder; give a file name ending in {suffixes[0]}, e.g. {path / example}")
-    if add_suffix and path.suffix.lower() not in suffixes:
-        path = path.with_name(path.name + suffixes[0])
-    return check_writable(path, what=what, suffixes=suffixes)
 
 
 def channel_rgb(channel: Channel) -> tuple[float, float, float]:

@@ -122,9 +122,10 @@ class GenerationResult:
     def write_tiff(self, path: str | Path, index: int | None = None) -> Path:
         """Write every frame, or only frame ``index`` (of :attr:`frames`; -1 = t = 1), as a Fiji
         hyperstack in the channels' colours, with the pixel size where known (atomic)."""
-        from napari_cellflux.generation.export import TIFF_SUFFIXES, check_export_path, write_frames_tiff
+        from napari_cellflux.atomic import check_writable
+        from napari_cellflux.generation.export import TIFF_SUFFIXES, write_frames_tiff
 
-        path = check_export_path(path, TIFF_SUFFIXES)
+        path = check_writable(path, what="export", suffixes=TIFF_SUFFIXES)
         frames, names, times = self.frames, self.frame_names, self.frame_times
         if index is not None:
             if not -len(frames) <= index < len(frames):
@@ -137,10 +138,11 @@ class GenerationResult:
     def write_animation(self, path: str | Path, cells: "Sequence[int] | None" = None, fps: float = 4.0) -> Path:
         """Write the morph of ``cells`` (indices into the controls; None = all) as a looping GIF,
         one frame per frame of :attr:`frames`, channels in their colours, each frame's name on it."""
+        from napari_cellflux.atomic import check_writable
         from napari_cellflux.errors import InputError
-        from napari_cellflux.generation.export import ANIMATION_SUFFIXES, check_export_path, write_animation
+        from napari_cellflux.generation.export import ANIMATION_SUFFIXES, write_animation
 
-        path = check_export_path(path, ANIMATION_SUFFIXES)
+        path = check_writable(path, what="export", suffixes=ANIMATION_SUFFIXES)
         n = len(self.controls)
         chosen = list(range(n)) if cells is None else [int(i) for i in cells]
         if not chosen or any(not -n <= i < n for i in chosen):
