@@ -223,10 +223,12 @@ def test_opening_the_widget_does_not_import_torch():
         "viewer = napari.Viewer(show=False)\n"
         f"viewer.window.add_plugin_dock_widget({PLUGIN!r}, 'CellFlux')\n"
         "print('torch imported:', 'torch' in sys.modules)\n"
+        "print('matplotlib imported:', 'matplotlib' in sys.modules)\n"
         "viewer.close()\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "torch imported: False" in run.stdout, run.stdout + run.stderr
+    assert "matplotlib imported: False" in run.stdout, run.stdout  # the phenotype panel plots only after a run
 
 
 @pytest.mark.parametrize("answer", ["Yes", "No"])

@@ -31,23 +31,31 @@ class PhenotypePanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         self.phenotype: RunPhenotype | None = None
         self._worker = None
         self._closed = False  # the dock was closed while a measurement ran: its result has nowhere to go
         self.destroyed.connect(self._close)
-        self.figure = Figure(figsize=(3.2, 3.6), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.figure = self.canvas = None  # made on the first plot: matplotlib costs ~0.4 s to import
         self.status = QLabel("Generate cells to see their phenotype")
         self.status.setWordWrap(True)
         self.export_button = QPushButton("Export features along t (CSV)...")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._ask_export)
         layout = QVBoxLayout(self)
-        for widget in (self.status, self.canvas, self.export_button):
+        for widget in (self.status, self.export_button):
             layout.addWidget(widget)
+
+    def _new_figure(self):
+        """The figure, cleared; the canvas goes between the status line and the export button."""
+        if self.figure is None:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+
+            self.figure = Figure(figsize=(3.2, 3.6), tight_layout=True)
+            self.canvas = FigureCanvasQTAgg(self.figure)
+            self.layout().insertWidget(1, self.canvas)
+        self.figure.clear()
+        return self.figure
 
     @property
     def busy(self) -> bool:
@@ -60,8 +68,9 @@ class PhenotypePanel(QWidget):
         self.export_button.setEnabled(False)
         if len(result.controls) < MIN_CELLS:  # said at once: no worker for a measurement that cannot give intervals
             self._worker, self.phenotype = None, None
-            self.figure.clear()
-            self.canvas.draw_idle()
+            if self.figure is not None:
+                self._new_figure()
+                self.canvas.draw_idle()
             self.status.setText(f"the run has {len(result.controls)} cells; intervals need at least {MIN_CELLS}: "
                                 "generate more cells to see their phenotype")
             return
@@ -94,9 +103,9 @@ class PhenotypePanel(QWidget):
         self.phenotype = phenotype
         if phenotype is None:
             return
-        self.figure.clear()
+        figure = self._new_figure()
         shifts = phenotype.shifts.iloc[::-1]
-        bars, along = self.figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 2]})
+        bars, along = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 2]})
         rows = range(len(shifts))
         errors = [(shifts["shift"] - shifts["low"]).clip(lower=0), (shifts["high"] - shifts["shift"]).clip(lower=0)]
         bars.barh(rows, shifts["shift"], xerr=errors, color="tab:blue", ecolor="black", capsize=2)
