@@ -130,3 +130,18 @@ def test_too_few_cells_says_how_many_are_needed(generated, tmp_path, capsys):
     error = cli_error(["profile", str(generated / "screen"), "--out", str(tmp_path / "p"), "--controls",
                        str(generated / "pool.npy"), "--max-cells", "6", *QUICK], capsys)
     assert "at least 10" in error and not (tmp_path / "p" / "ranked.csv").exists()
+
+
+def test_real_crops_take_the_channel_names_cellflux_extract_recorded(real, tmp_path):
+    import json
+    import shutil
+
+    from napari_cellflux.data.extract import RECORD_NAME
+
+    crops = shutil.copytree(real, tmp_path / "crops")
+    record = {well: {"channels": ["DAPI", "GFP", "RFP"]} for well in ("D6", "B7", "D7")}
+    (crops / RECORD_NAME).write_text(json.dumps(record))
+    assert read_source(crops).channels == ("DAPI", "GFP", "RFP")
+    record["D7"]["channels"] = ["DAPI", "ER", "RFP"]  # fields that disagree name nothing
+    (crops / RECORD_NAME).write_text(json.dumps(record))
+    assert "DAPI" not in read_source(crops).channels

@@ -145,8 +145,10 @@ def read_real(root: Path, *, channels=None, split=None, max_cells=None, seed: in
 
 
 def real_channel_names(root: Path, data_format: str, count: int) -> tuple[str, ...]:
-    """Channel names of real crops: a synthetic screen's screen.json, else the published screen's
-    stains for an IMPA layout, else generic names (which name no DNA channel: --channels is needed)."""
+    """Channel names of real crops: a synthetic screen's screen.json, or the names `cellflux extract`
+    recorded in extraction.json (the same for every field), else the published screen's stains for
+    an IMPA layout, else generic names (which name no DNA channel: --channels is needed)."""
+    from napari_cellflux.data.extract import RECORD_NAME
     from napari_cellflux.models.channels import DATASET_CHANNELS, default_channels
 
     info = root / "screen.json"
@@ -154,6 +156,11 @@ def real_channel_names(root: Path, data_format: str, count: int) -> tuple[str, .
         names = json.loads(info.read_text()).get("channel_names")
         if names and len(names) == count:
             return tuple(names)
+    record = root / RECORD_NAME
+    if record.is_file():
+        recorded = {tuple(field.get("channels") or ()) for field in json.loads(record.read_text()).values()}
+        if len(recorded) == 1 and len(names := recorded.pop()) == count:
+            return names
     known = DATASET_CHANNELS.get(data_format)
     if known and len(known) == count:
         return tuple(c.name for c in known)
