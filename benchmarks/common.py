@@ -201,7 +201,17 @@ def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> tuple[floa
 
 
 def max_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB)."""
+    """This process's peak resident memory so far (MiB).
+
+    On Linux from /proc/self/status (VmHWM): ``getrusage``'s ru_maxrss is carried across exec, so a
+    child started by a large benchmark process would report its parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 

@@ -298,10 +298,11 @@ def render(out: Path) -> str:
                   f"{100 * fast['relative_endpoint_error']:.2g}%, morphology {_f(None if fast['morphology_max_relative_difference'] is None else 100 * fast['morphology_max_relative_difference'], 2)}%.",
                   f"For scale, the control cells themselves: morphology {_f(None if ctrl['morphology_max_relative_difference'] is None else 100 * ctrl['morphology_max_relative_difference'], 2)}% from the reference.", ""]
 
-    if (out / "cpu_path.json").is_file():
+    # cpu_path.json is this folder's latest run; runs on other CPUs are kept as cpu_path_<machine>.json
+    for path in sorted(out.glob("cpu_path*.json")):
         from .cpu_path import render_markdown
 
-        lines += render_markdown(json.loads((out / "cpu_path.json").read_text()))
+        lines += render_markdown(json.loads(path.read_text()))
 
     if "screen_memory" in data:
         d = data["screen_memory"]

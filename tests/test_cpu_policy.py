@@ -215,3 +215,16 @@ def test_quick_cpu_path_benchmark_writes_its_section(tmp_path):
     assert [r["setting"] for r in d["screen"]["rows"]] == ["before", "cap", "cap_allocator", "cap_allocator_fast"]
     assert d["screen"]["rows"][0]["minor_faults"] >= 0 and d["screen"]["rows"][1]["images_per_forward"] == 128
     assert len(d["targets"]) == 4 and "## The CPU fast path" in (out / "RESULTS.md").read_text()
+
+
+def test_the_cli_passes_images_per_forward_and_refuses_zero(capsys):
+    from napari_cellflux.cli.commands import speed_from_args
+    from napari_cellflux.cli.parser import build_parser
+
+    for command in (["generate", "--out", "x.tif"], ["screen", "--n-cells", "8", "--out", "s"]):
+        args = build_parser().parse_args([*command, "--images-per-forward", "16"])
+        assert speed_from_args(args).images_per_forward == 16
+        assert speed_from_args(build_parser().parse_args(command)).images_per_forward is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--out", "x.tif", "--images-per-forward", "0"])
+    assert "--images-per-forward" in capsys.readouterr().err

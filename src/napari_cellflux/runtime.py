@@ -166,8 +166,9 @@ def autocast_dtype(precision: str, device: torch.device, *, training: bool = Fal
 # Execution policy (docs/speed.md, The CPU path, has the measurements behind each number).
 # channels_last on a CPU pays only where oneDNN would otherwise reorder every bf16 activation
 # into its blocked layout and back (AMX) and the convolutions are wide enough to outweigh the
-# NHWC kernels' cost on narrow ones: the paper preset (256 channels at full resolution) gains
-# 2x, the demo (16) loses. WIDE_CHANNELS lies between the two measured models.
+# NHWC kernels' cost on narrow ones: on an AMX Xeon the paper preset (256 channels at full
+# resolution) gains 1.8-1.9x in bf16, the demo (16) loses 1.35x; without AMX neither gains more
+# than a few percent. WIDE_CHANNELS lies between the two measured models.
 WIDE_CHANNELS = 128
 # Images per forward on a CPU: as many as keep the largest activation below glibc's mmap
 # threshold (32 MiB; process.keep_freed_memory), at most 128 (the demo: 8 MiB activations) and

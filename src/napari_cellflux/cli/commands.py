@@ -89,7 +89,8 @@ def speed_from_args(args: argparse.Namespace):
     from napari_cellflux.settings import SpeedOptions
 
     compile_option = {None: False, "auto": True}.get(args.compile, args.compile)
-    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=compile_option)
+    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=compile_option,
+                        images_per_forward=args.images_per_forward)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

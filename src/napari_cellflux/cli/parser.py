@@ -75,6 +75,9 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="NHWC layout (default: on for CUDA)")
     p.add_argument("--compile", nargs="?", const="auto", default=None, choices=("auto", *COMPILE_MODES),
                    help="torch.compile the UNet (auto: CUDA graphs on CUDA); pays off for long screens")
+    p.add_argument("--images-per-forward", type=positive_int, default=None, metavar="N",
+                   help="the most images one network forward takes; larger forwards run in parts (default: the "
+                        "hardware policy's, 32-128 on a CPU, all on a GPU; docs/speed.md)")
 
 
 class Parser(argparse.ArgumentParser):
