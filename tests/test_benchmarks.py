@@ -66,3 +66,22 @@ def test_paper_preset_costs_the_papers_0_41_tflop_per_forward():
     from napari_cellflux.core.unet import preset
 
     assert abs(common.flops_per_image(preset("bbbc021"), 96) - 0.4075e12) < 0.005e12
+
+
+@pytest.mark.slow
+def test_phenotype_truth_scores_its_measured_cells_again(tmp_path, capsys):
+    """The ground-truth benchmark end to end at small sizes (about 2 minutes on 2 cores): the
+    realised-design ranking is scored, and --rescore gives the same scores from the cells table."""
+    from benchmarks import phenotype_truth
+
+    base = ["--screen", str(tmp_path / "screen"), "--cells", "10", "--reference-cells", "10",
+            "--features", "shape,intensity", "--cells-table", str(tmp_path / "cells.csv")]
+    assert phenotype_truth.main([*base, "--rescore", "--out", str(tmp_path / "none.json")]) == 2
+    assert "--cells-table" in capsys.readouterr().err and not (tmp_path / "none.json").exists()
+    assert phenotype_truth.main([*base, "--out", str(tmp_path / "first.json")]) == 0
+    first = json.loads((tmp_path / "first.json").read_text())
+    assert set(first["realised_effect_sizes"]) == set(first["methods"]["cellflux"]["effect_size"])
+    assert all(-1 <= m["spearman_vs_realised"] <= 1 for m in first["methods"].values())
+    assert phenotype_truth.main([*base, "--rescore", "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["methods"] == first["methods"] and again["realised_effect_sizes"] == first["realised_effect_sizes"]
