@@ -10,7 +10,7 @@ of the test split and copied controls are profiled by the same code, and scored 
 - top-1 retrieval: the nearest real perturbation (training-split profiles) of each seen one is itself.
 
     python -m benchmarks.phenotype_truth [--cells 24] [--out benchmarks/results/phenotype_truth.json]
-    python -m benchmarks.phenotype_truth --rescore   # score the measured cells again (seconds)
+    python -m benchmarks.phenotype_truth --rescore   # score the measured cells again, measuring nothing
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from . import common as C
 
 RESULTS = Path(__file__).parent / "results" / "phenotype_truth.json"
 CELLS = Path("runs/phenotype_truth/cells.csv")
+CELLS_HELP = "--cells-table"
 SCREEN = Path("runs/demo/screen")
 FACTOR_READOUTS = {"nuclear_area": "nuclear_area", "cell_elongation": "cell_elongation", "texture": "texture_c1"}
 
@@ -176,8 +177,7 @@ def measure_sets(args, screen, channels, groups, timings: dict) -> pd.DataFrame:
     # The held-out compounds have no training cells: more of their test cells (not the ones above),
     # so that every compound's realised effect (truth_sizes) rests on as many real cells.
     for n in screen.held_out:
-        used = set(parts_rows[n])
-        rest = np.array([r for r in rows_of(n, "test") if r not in used], dtype=np.int64)
+        rest = np.setdiff1d(rows_of(n, "test"), parts_rows[n])
         parts.append(part(measure(load(table, pick(rest, args.reference_cells, rng))), "truth_extra", n, False))
     timings["sampling"] = model.sampling.to_dict()
     return pd.concat(parts, ignore_index=True)
@@ -187,16 +187,17 @@ def with_set(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame.assign(Metadata_Set=name)
 
 
-def split_sets(table: pd.DataFrame) -> dict:
-    """The per-cell table of :func:`measure_sets` back into its sets: reference and test controls
-    as tagged frames, each method as perturbation -> features."""
+def split_sets(table: pd.DataFrame, source: Path) -> dict:
+    """The per-cell table of :func:`measure_sets` (read from ``source``) back into its sets:
+    reference and test controls as tagged frames, each method as perturbation -> features."""
     from napari_cellflux.phenotype.features import feature_names
 
     features = feature_names(table.drop(columns="Metadata_Set"))
     by_set = {name: frame for name, frame in table.groupby("Metadata_Set", sort=False)}
     missing = [s for s in SETS if s not in by_set]
     if missing:
-        raise InputError(f"{CELLS_HELP}: the table holds no {', '.join(missing)} cells; measure again without --rescore")
+        raise InputError(f"{CELLS_HELP} {source}: the table holds no {', '.join(missing)} cells; "
+                         "measure again without --rescore")
     out = {"reference": by_set["reference"].drop(columns="Metadata_Set").reset_index(drop=True),
            "controls": by_set["test_controls"][features].reset_index(drop=True)}
     for m in METHODS:
@@ -217,9 +218,6 @@ def truth_sizes(truth_cells: pd.DataFrame, options) -> dict[str, float]:
     return dict(zip(ranked["perturbation"], ranked["effect_size"].astype(float)))
 
 
-CELLS_HELP = "--cells-table"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.phenotype_truth", description=__doc__.split("\n\n")[0])
     p.add_argument("--screen", type=Path, default=SCREEN, help="the demo's synthetic screen (made with `cellflux synth` if missing)")
@@ -229,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cells-table", type=Path, default=CELLS,
                    help=f"every measured cell, written after measuring (default {CELLS}); read by --rescore")
-    p.add_argument("--rescore", action="store_true", help="score the cells of --cells-table again instead of generating "
-                                                          "and measuring (seconds instead of a quarter of an hour)")
+    p.add_argument("--rescore", action="store_true", help="score the cells of --cells-table again without generating "
+                                                          "or measuring them (the bootstraps and permutations still run)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -262,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             check_writable(args.cells_table, what=CELLS_HELP, suffixes=(".csv",))
             table = measure_sets(args, screen, channels, groups, timings)
             write_table(table, args.cells_table)
-        sets = split_sets(table)
+        sets = split_sets(table, args.cells_table)
         reference = profile_table(sets["reference"], options).profiles
         controls = sets["controls"]
         truth = designed_effects(info, len(channels))

@@ -299,9 +299,9 @@ def render(out: Path) -> str:
                   f"For scale, the control cells themselves: morphology {_f(None if ctrl['morphology_max_relative_difference'] is None else 100 * ctrl['morphology_max_relative_difference'], 2)}% from the reference.", ""]
 
     # cpu_path.json is this folder's latest run; runs on other CPUs are kept as cpu_path_<machine>.json
-    for path in sorted(out.glob("cpu_path*.json")):
-        from .cpu_path import render_markdown
+    from .cpu_path import render_markdown
 
+    for path in sorted(out.glob("cpu_path*.json")):
         lines += render_markdown(json.loads(path.read_text()))
 
     if "screen_memory" in data:
