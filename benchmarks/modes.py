@@ -1,7 +1,8 @@
 """How much of each designed effect the two generation modes recover (docs/modes.md): the
 evaluation (``training.evaluate``) of a model on its synthetic screen's test split, once per mode,
-reduced to generated effect / real effect per compound and feature, plus how much of its own
-control each generated cell keeps.
+reduced to generated effect / real effect per compound and feature, how precisely the real
+cells fix each effect (the measurement floor), and how much of its own control each generated cell
+keeps.
 
     python -m benchmarks.modes [--checkpoint MODEL] [--screen runs/modes/screen] [--out benchmarks/results/modes.json]
 
@@ -61,6 +62,35 @@ def designed_effects(results: dict[str, dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["group"] != "seen", r["perturbation"].lower(), r["feature"]))
 
 
+def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int = 2000) -> None:
+    """Add to each seen row of ``effects`` how precisely the real cells fix it: the bootstrap 95%
+    interval of the real ratio (test cells over their paired controls, as the evaluation pairs
+    them) as shares of the effect, and the share the *training-split* real cells of the compound
+    recover (what a perfect generator would score against these test cells)."""
+    from training import metrics as M
+    from training.evaluation.data import load_eval_data, load_pixels, select_cells
+
+    data = load_eval_data(screen)
+    selection = select_cells(data, split="test", seed=seed)
+    cells = data.table.cells
+    treated = M.measure_cells(load_pixels(data.table, selection.treated, data.shape))
+    paired = M.measure_cells(load_pixels(data.table, selection.controls, data.shape))
+    train = cells["split"].to_numpy() == "train"
+    names, is_control = cells["perturbation"].to_numpy(), cells["is_control"].to_numpy()
+    train_controls = M.measure_cells(load_pixels(data.table, np.flatnonzero(train & is_control), data.shape))
+    rng = np.random.default_rng(seed)
+    for row in effects:
+        if row["group"] != "seen":
+            continue
+        index, feature, effect = selection.index(row["perturbation"]), row["feature"], row["real"] - 1
+        a, b = treated[feature].to_numpy()[index], paired[feature].to_numpy()[index]
+        draws = rng.integers(0, len(a), (rounds, len(a)))
+        ratios = a[draws].mean(1) / b[draws].mean(1)
+        row["real_interval_recovered"] = sorted(float((q - 1) / effect) for q in np.percentile(ratios, [2.5, 97.5]))
+        other = M.measure_cells(load_pixels(data.table, np.flatnonzero(train & (names == row["perturbation"])), data.shape))
+        row["train_real_recovered"] = float((other[feature].mean() / train_controls[feature].mean() - 1) / effect)
+
+
 def cell_kept(checkpoint: str, cells: int, seed: int) -> dict:
     """Per mode: the mean pixel correlation of each generated cell (t = 1) with its own control,
     and with another control (the level a cell unrelated to its control reaches), over the
@@ -99,6 +129,12 @@ def markdown(data: dict) -> str:
         for mode in ("sample", "morph"):
             cells += [_fmt(r[mode], "{:.2f}"), _fmt(r[f"{mode}_recovered"], "{:.0%}")]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| compound | feature | real cells' 95% interval | real training-split cells recover |",
+              "|---|---|---|---|"]
+    for r in data["effects"]:
+        if "real_interval_recovered" in r:
+            lo, hi = r["real_interval_recovered"]
+            lines.append(f"| {r['perturbation']} | {r['feature']} | {lo:.0%} to {hi:.0%} | {r['train_real_recovered']:.0%} |")
     return "\n".join(lines)
 
 
@@ -124,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
             make_synthetic_screen(args.screen, SyntheticScreenConfig())
         results = {mode: evaluate_mode(str(args.checkpoint), args.screen, mode, args.seed) for mode in MODE_NAMES}
+        effects = designed_effects(results)
+        measurement_floor(args.screen, effects, args.seed)
         data = {
             "command": " ".join(["python -m benchmarks.modes", *(sys.argv[1:] if argv is None else argv)]),
             "checkpoint": results["sample"]["checkpoint"],
@@ -131,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             "modes": MODES,
             "sampling": {mode: r["sampling"] for mode, r in results.items()},
             "recovered": "(generated ratio - 1) / (real ratio - 1) of the treated / control ratio of each feature",
-            "effects": designed_effects(results),
+            "measurement_floor": ("seen rows: real_interval_recovered, the bootstrap 95% interval of the real test "
+                                  "cells' own ratio as shares of their effect; train_real_recovered, the share "
+                                  "the training split's real cells recover"),
+            "effects": effects,
             "summary": {mode: {group: {k: r["methods"]["cellflux"][group][k] for k in SUMMARY}
                                for group in ("seen", "unseen")} for mode, r in results.items()},
             "copy_control": {group: {k: results["sample"]["methods"]["copy_control"][group][k] for k in SUMMARY}

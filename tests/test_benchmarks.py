@@ -85,3 +85,25 @@ def test_phenotype_truth_scores_its_measured_cells_again(tmp_path, capsys):
     assert phenotype_truth.main([*base, "--rescore", "--out", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["methods"] == first["methods"] and again["realised_effect_sizes"] == first["realised_effect_sizes"]
+
+
+def test_modes_measurement_floor_brackets_the_real_effect(tmp_path):
+    from benchmarks.modes import measurement_floor
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+    from training import metrics as M
+    from training.evaluation.data import load_eval_data, load_pixels, select_cells
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=20, cells_per_perturbation=20))
+    data = load_eval_data(screen)
+    selection = select_cells(data, split="test", seed=0)
+    index = selection.index("PP-2")
+    treated = M.measure_cells(load_pixels(data.table, selection.treated[index], data.shape))["cell_elongation"]
+    paired = M.measure_cells(load_pixels(data.table, selection.controls[index], data.shape))["cell_elongation"]
+    rows = [{"perturbation": "PP-2", "group": "seen", "feature": "cell_elongation", "real": treated.mean() / paired.mean()},
+            {"perturbation": "nocodazole", "group": "unseen", "feature": "cell_elongation", "real": 0.8}]
+    measurement_floor(screen, rows, seed=0, rounds=500)
+    low, high = rows[0]["real_interval_recovered"]
+    assert low < 1 < high and high - low > 0.05  # the point estimate inside an interval of real width
+    assert 0.3 < rows[0]["train_real_recovered"] < 3  # other real PP-2 cells elongate the same way
+    assert "real_interval_recovered" not in rows[1]  # unseen compounds have no training cells
