@@ -78,17 +78,18 @@ def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int 
     train = cells["split"].to_numpy() == "train"
     names, is_control = cells["perturbation"].to_numpy(), cells["is_control"].to_numpy()
     train_controls = M.measure_cells(load_pixels(data.table, np.flatnonzero(train & is_control), data.shape))
+    seen = [row for row in effects if row["group"] == "seen"]
+    train_treated = {name: M.measure_cells(load_pixels(data.table, np.flatnonzero(train & (names == name)), data.shape))
+                     for name in {row["perturbation"] for row in seen}}  # once per compound, not per feature
     rng = np.random.default_rng(seed)
-    for row in effects:
-        if row["group"] != "seen":
-            continue
+    for row in seen:
         index, feature, effect = selection.index(row["perturbation"]), row["feature"], row["real"] - 1
         a, b = treated[feature].to_numpy()[index], paired[feature].to_numpy()[index]
         draws = rng.integers(0, len(a), (rounds, len(a)))
         ratios = a[draws].mean(1) / b[draws].mean(1)
         row["real_interval_recovered"] = sorted(float((q - 1) / effect) for q in np.percentile(ratios, [2.5, 97.5]))
-        other = M.measure_cells(load_pixels(data.table, np.flatnonzero(train & (names == row["perturbation"])), data.shape))
-        row["train_real_recovered"] = float((other[feature].mean() / train_controls[feature].mean() - 1) / effect)
+        other = train_treated[row["perturbation"]][feature].mean()
+        row["train_real_recovered"] = float((other / train_controls[feature].mean() - 1) / effect)
 
 
 def cell_kept(checkpoint: str, cells: int, seed: int) -> dict:
