@@ -107,3 +107,20 @@ def test_modes_measurement_floor_brackets_the_real_effect(tmp_path):
     assert low < 1 < high and high - low > 0.05  # the point estimate inside an interval of real width
     assert 0.3 < rows[0]["train_real_recovered"] < 3  # other real PP-2 cells elongate the same way
     assert "real_interval_recovered" not in rows[1]  # unseen compounds have no training cells
+
+
+def test_modes_fibres_score_the_evaluated_cells_of_each_mode(tmp_path):
+    from benchmarks.modes import DEMO, fibres
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
+    result = fibres(str(DEMO), screen, seed=0)
+    rows = result["perturbations"]
+    assert rows["nocodazole"]["group"] == "unseen" and rows["nocodazole"]["real_train"] is None
+    assert all(0 <= rows[n][k] <= 1 for n in rows for k in ("real", "control", "sample", "morph"))
+    # the real microtubule destabiliser has lost its fibres; its controls have them
+    assert rows["colchicine"]["real"] < 0.75 * rows["colchicine"]["control"]
+    assert "colchicine" not in result["averaged_over"] and "PP-2" in result["averaged_over"]
+    # the modes differ (morph starts from the clean control's fibres, sample from noise)
+    assert abs(result["generated_over_real"]["sample"] - result["generated_over_real"]["morph"]) > 0.01

@@ -222,6 +222,32 @@ def measure_cells(pixels: np.ndarray, nuclear_channel: int = 0) -> pd.DataFrame:
     return out[morphology_columns(pixels.shape[1])].reset_index(drop=True)
 
 
+def fibre_coherence(pixels: np.ndarray, channel: int = 1) -> np.ndarray:
+    """How parallel the fibres of ``channel`` run in each cell of (N, C, H, W) pixels: (N,) floats
+    in [0, 1], 1 = all parallel, 0 = no preferred direction (cross-hatched or speckled).
+
+    The coherence (l1 - l2) / (l1 + l2) of the structure tensor of the channel's fine detail (the
+    crop minus its blur, so the cell's outline does not count), summed over the cell (where the
+    blurred channel exceeds half its 95th percentile). Fragmented, crossing fibres, which the eye
+    sees at once and the texture readout (a coefficient of variation) does not, score low.
+    Scales (blur H/16, tensor window H/32 px) follow the crop, as the synthetic fibres' period does.
+    """
+    from skimage.feature import structure_tensor
+    from skimage.filters import gaussian
+
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or not 0 <= channel < pixels.shape[1]:
+        raise InputError(f"cells must be (N, C, H, W) with a channel {channel}, got shape {pixels.shape}")
+    size = pixels.shape[-1]
+    out = np.empty(len(pixels))
+    for i, image in enumerate(pixels[:, channel].astype(np.float64)):
+        smooth = gaussian(image, size / 16)
+        cell = smooth > 0.5 * np.percentile(smooth, 95)
+        rr, rc, cc = (a[cell].sum() for a in structure_tensor(image - smooth, sigma=size / 32, order="rc"))
+        out[i] = np.sqrt((rr - cc) ** 2 + 4 * rc**2) / max(rr + cc, 1e-12)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # MoA classification on frozen features
 
