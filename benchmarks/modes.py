@@ -95,11 +95,12 @@ def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int 
 def fibres(checkpoint: str, screen: Path, seed: int) -> dict:
     """Per perturbation of the test split: the mean fibre coherence (``training.metrics.fibre_coherence``,
     1 = parallel, 0 = crossing) of its real cells (test and, where it has them, training split), of
-    their paired controls and of each mode's
-    generated cells (the evaluation's own, regenerated), and per mode the generated / real ratio
-    averaged over the seen compounds whose real cells keep their fibres (coherence >= 0.5; a
-    microtubule destabiliser's loss of fibres is its texture effect, scored with the others)."""
+    their paired controls and of each mode's generated cells (the evaluation's own, regenerated),
+    and per mode the generated / real ratio averaged over the seen compounds whose real cells keep
+    their fibres (coherence >= 0.5; a microtubule destabiliser's loss of fibres is its texture
+    effect, scored with the others)."""
     from training import metrics as M
+    from training.evaluate import EvalConfig, sampling_for
     from training.evaluation.data import load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, generate_cells, load_checkpoint
 
@@ -111,9 +112,10 @@ def fibres(checkpoint: str, screen: Path, seed: int) -> dict:
     controls = load_pixels(data.table, selection.controls, data.shape)
     measured = {"real": M.fibre_coherence(load_pixels(data.table, selection.treated, data.shape)),
                 "control": M.fibre_coherence(controls)}
-    for mode in MODE_NAMES:  # batch size and precision as training.evaluate's defaults, so the same cells
-        generated = generate_cells(model, controls, selection, conditions, model.sampling.for_mode(mode), seed=seed,
-                                   batch_size=64, precision="auto", mode=mode)
+    for mode in MODE_NAMES:
+        cfg = EvalConfig(checkpoints=[checkpoint], data=str(screen), out="", mode=mode, seed=seed)  # the evaluation's cells
+        generated = generate_cells(model, controls, selection, conditions, sampling_for(model, cfg), seed=seed,
+                                   batch_size=cfg.batch_size, precision=cfg.precision, mode=mode)
         measured[mode] = M.fibre_coherence(generated)
     rows = {name: {"group": selection.groups[name],
                    **{key: float(values[selection.index(name)].mean()) for key, values in measured.items()}}
