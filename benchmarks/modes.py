@@ -101,13 +101,12 @@ def fibres(checkpoint: str, screen: Path, seed: int) -> dict:
     effect, scored with the others)."""
     from training import metrics as M
     from training.evaluate import EvalConfig, sampling_for
-    from training.evaluation.data import load_eval_data, load_pixels, select_cells
+    from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, generate_cells, load_checkpoint
 
     model = load_checkpoint(checkpoint, "cpu", None)
     data = load_eval_data(screen)
-    held = set(data.truth["config"]["held_out"]) if data.truth else set()
-    selection = select_cells(data, split="test", held_out=held | set(model.provenance.get("held_out", [])), seed=seed)
+    selection = select_cells(data, split="test", held_out=held_out_names(data, [model]), seed=seed)
     conditions = check_model(model, data, selection, Path(checkpoint))
     controls = load_pixels(data.table, selection.controls, data.shape)
     measured = {"real": M.fibre_coherence(load_pixels(data.table, selection.treated, data.shape)),

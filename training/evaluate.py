@@ -34,7 +34,7 @@ from napari_cellflux.runtime import resolve_device
 from napari_cellflux.settings import DEFAULT_MODE, DEVICES, PRECISIONS, SamplingConfig, check_mode_noise
 
 from . import metrics as M
-from .evaluation.data import EvalData, Selection, load_eval_data, load_pixels, select_cells
+from .evaluation.data import EvalData, Selection, held_out_names, load_eval_data, load_pixels, select_cells
 from .evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
 from .evaluation.measure import CellMeasurer, rgb_description
 from .evaluation.moa import classifier_info, train_moa_classifier
@@ -103,11 +103,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     # Load every model first, so a bad checkpoint fails before hours of generation.
     models = [load_checkpoint(path, cfg.device, cfg.embeddings) for path in cfg.checkpoints]
     data = load_eval_data(cfg.data, cfg.format, cfg.metadata)
-    held = set(data.truth["config"]["held_out"]) if data.truth else set()
-    for model in models:
-        held |= set(model.provenance.get("held_out", []))
     selection = select_cells(data, split=cfg.split, perturbations=cfg.perturbations, n_cells=cfg.n_cells,
-                             max_perturbations=cfg.max_perturbations, held_out=held, seed=cfg.seed)
+                             max_perturbations=cfg.max_perturbations, held_out=held_out_names(data, models), seed=cfg.seed)
     notes += selection.notes
     conditions = [check_model(model, data, selection, Path(path)) for model, path in zip(models, cfg.checkpoints)]
     for model, condition in zip(models, conditions):

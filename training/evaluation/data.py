@@ -91,6 +91,14 @@ class Selection:
         return sorted(set(self.perturbations), key=str.lower)
 
 
+def held_out_names(data: EvalData, models=()) -> set[str]:
+    """Perturbations held out of training: the synthetic screen's design and each model's record."""
+    held = set(data.truth["config"]["held_out"]) if data.truth else set()
+    for model in models:
+        held |= set(model.provenance.get("held_out", []))
+    return held
+
+
 def select_cells(
     data: EvalData,
     *,
