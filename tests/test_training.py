@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from napari_cellflux import api
 from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 from napari_cellflux.settings import SamplingConfig
 from training.config import load_config
-from training.train import MODEL_FILE, STATE_FILE, main, train
+from training.train import MODEL_FILE, STATE_FILE, main, train, training_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,34 @@ def test_paper_configs_hold_the_paper_hyper_parameters():
         assert cfg.model.preset == name and cfg.model.image_size == 96
         assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.batch_size) == (1e-4, (0.9, 0.95), 32)
         assert (cfg.optim.noise_prob, cfg.optim.class_drop_prob, cfg.optim.ema_max_decay) == (0.5, 0.2, 0.999)
+        assert (cfg.optim.time_mean, cfg.optim.time_std) == (-1.2, 1.2)
     assert "cytochalasin D" in load_config("bbbc021").data.held_out
+
+
+class TimeRecorder(torch.nn.Module):
+    """Stands in for the UNet and keeps the training times it is asked about."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[torch.Tensor] = []
+
+    def forward(self, x, t, cond, cond_mask):
+        self.times.append(t)
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("time_mean", [-1.2, 0.0, 1.0])
+def test_training_times_follow_the_configured_distribution(time_mean):
+    """t = 1 / (1 + exp(N(time_mean, time_std^2))): the median is 1 / (1 + exp(time_mean))."""
+    cfg = load_config("demo", [f"optim.time_mean={time_mean}", "optim.time_std=0.5"])
+    recorder, n = TimeRecorder(), 4000
+    batch = {"control": torch.zeros(n, 3, 4, 4), "target": torch.ones(n, 3, 4, 4),
+             "perturbation": torch.zeros(n, dtype=torch.long)}
+    torch.manual_seed(0)
+    training_step(recorder, batch, torch.zeros(1, 8), cfg, torch.device("cpu"), None)
+    t = recorder.times[0]
+    assert abs(t.median().item() - 1 / (1 + math.exp(time_mean))) < 0.02
+    assert abs(torch.log(1 / t - 1).std().item() - 0.5) < 0.03
 
 
 @pytest.mark.slow

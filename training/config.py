@@ -62,6 +62,10 @@ class OptimConfig:
     noise_prob: float = 0.5
     noise_level: float = 0.5
     class_drop_prob: float = 0.2
+    # Training times t = 1 / (1 + exp(N(time_mean, time_std^2))) (core.flow.sample_t_skewed); the
+    # paper's -1.2 puts the median at t ~ 0.77, near the perturbed end.
+    time_mean: float = -1.2
+    time_std: float = 1.2
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -75,6 +79,8 @@ class OptimConfig:
                 raise InputError(f"optim.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_max_decay < 1.0 or self.noise_level < 0 or self.weight_decay < 0:
             raise InputError("optim.ema_max_decay must be in [0, 1), optim.noise_level and optim.weight_decay >= 0")
+        if not self.time_std > 0:
+            raise InputError(f"optim.time_std must be > 0, got {self.time_std}")
         if self.precision not in TRAINING_PRECISIONS:
             raise InputError(f"optim.precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r}")
 

@@ -78,7 +78,7 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     # needs: every rank must produce a gradient for every parameter.
     keep = 0.0 if torch.rand(()) < o.class_drop_prob else 1.0
     cond_mask = torch.full((n,), keep, device=device)
-    t = sample_t_skewed(n).to(device)
+    t = sample_t_skewed(n, mean=o.time_mean, std=o.time_std).to(device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
     return flow_matching_loss(predicted.float(), x0, x1)
