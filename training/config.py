@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from napari_cellflux.core.flow import TIME_MEAN, TIME_STD
 from napari_cellflux.errors import InputError
 from napari_cellflux.settings import DEVICES, TRAINING_PRECISIONS, SamplingConfig
 
@@ -64,8 +65,8 @@ class OptimConfig:
     class_drop_prob: float = 0.2
     # Training times t = 1 / (1 + exp(N(time_mean, time_std^2))) (core.flow.sample_t_skewed); the
     # paper's -1.2 puts the median at t ~ 0.77, near the perturbed end.
-    time_mean: float = -1.2
-    time_std: float = 1.2
+    time_mean: float = TIME_MEAN
+    time_std: float = TIME_STD
     precision: str = "auto"
 
     def __post_init__(self) -> None:

@@ -35,8 +35,13 @@ def flow_matching_loss(predicted: torch.Tensor, x0: torch.Tensor, x1: torch.Tens
     return torch.mean((predicted - target_velocity(x0, x1)) ** 2)
 
 
+# The paper's training-time skew: log sigma ~ N(TIME_MEAN, TIME_STD^2). training's OptimConfig
+# takes its defaults from here, so the two cannot drift.
+TIME_MEAN, TIME_STD = -1.2, 1.2
+
+
 def sample_t_skewed(
-    n: int, *, mean: float = -1.2, std: float = 1.2, generator: torch.Generator | None = None, device=None
+    n: int, *, mean: float = TIME_MEAN, std: float = TIME_STD, generator: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
     """Training times: sigma = exp(N(mean, std^2)), t = 1 / (1 + sigma), clipped to [1e-4, 1].
 
