@@ -130,6 +130,63 @@ def test_flips_follow_flip_prob(tmp_path):
     assert abs(both / 600 - 0.09) < 0.04
 
 
+# --- the optimal-transport coupling ----------------------------------------------------------
+
+
+def ot_pairs(tmp_path, **config) -> tuple[CellPairDataset, pd.DataFrame]:
+    tree = write_impa_tree(tmp_path, controls=12, treated={"drugA": 6, "drugB": 5}, test_every=100)
+    options = {"split": None, "dequantize": False, "flip_prob": 0.0, "coupling": "ot", **config}
+    return CellPairDataset(read_impa(tree.csv), toy_vocabulary(), PairingConfig(**options)), tree.cells
+
+
+def test_ot_coupling_pairs_each_group_in_order_of_brightness(tmp_path):
+    # Every cell made by cell_pixels is one grey value (its number), so the pooled squared
+    # distance is one-dimensional and its least-cost assignment pairs the group's treated cells
+    # and drawn controls in the same order.
+    pairs, cells = ot_pairs(tmp_path)
+    values = cells["value"].to_numpy()
+    for seed in range(5):
+        controls = pairs.coupled_controls(np.random.default_rng(seed))
+        assert len(controls) == len(pairs)
+        groups = pd.DataFrame({"target": pairs.targets, "control": controls,
+                               "perturbation": pairs.perturbation_index,
+                               "batch": pairs.table.cells["batch"].to_numpy()[pairs.targets]})
+        for _, group in groups.groupby(["perturbation", "batch"]):
+            assert set(pairs.table.cells["batch"].to_numpy()[group["control"]]) == set(group["batch"])
+            assert pairs.table.cells["is_control"].to_numpy()[group["control"]].all()
+            by_target = group.sort_values("target", key=lambda rows: values[rows])
+            assert np.all(np.diff(values[by_target["control"]]) >= 0), "the pairs cross: not the least-cost assignment"
+
+
+def test_ot_coupling_keeps_every_control_as_likely(tmp_path):
+    pairs, _ = ot_pairs(tmp_path)
+    counts = Counter()
+    for seed in range(400):
+        counts.update(pairs.coupled_controls(np.random.default_rng(seed)).tolist())
+    pool = pairs.controls_by_batch["P1"]
+    drawn = np.array([counts[int(c)] for c in pool])
+    expected = 400 * 11 / len(pool)  # 11 treated cells of P1, each with a control of P1's 12
+    assert np.all(np.abs(drawn - expected) < 0.25 * expected), drawn
+
+
+def test_ot_coupling_uses_the_given_control_and_flips_the_pair_together(tmp_path):
+    pairs, _ = ot_pairs(tmp_path, flip_prob=0.5, seed=0)
+    controls = pairs.coupled_controls(np.random.default_rng(0))
+    corners = Counter()
+    for i in range(len(pairs)):
+        item = pairs.item(i, torch.Generator().manual_seed(i), int(controls[i]))
+        assert item["control_id"] == controls[i]
+        marked = [tuple(np.argwhere(x[0].numpy() > 200 / 127.5 - 1.01)[0]) for x in (item["control"], item["target"])]
+        assert marked[0] == marked[1]  # the marked corner moved alike in both cells
+        corners[marked[0]] += 1
+    assert len(corners) >= 3  # and the pairs are flipped in different ways
+
+
+def test_unknown_coupling_is_an_error():
+    with pytest.raises(ValueError, match="coupling must be one of independent, ot"):
+        PairingConfig(coupling="exact")
+
+
 def test_seeded_draws_repeat_and_differ_by_seed(tmp_path):
     tree = write_impa_tree(tmp_path, controls=8)
     table = read_impa(tree.csv)

@@ -48,22 +48,26 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_resumed_run_matches_straight_run(screen, tmp_path):
-    straight = train(load_config("demo", tiny_overrides(screen, tmp_path / "a", 6)), quiet=True)
+@pytest.mark.parametrize("coupling", ["independent", "ot"])
+def test_resumed_run_matches_straight_run(screen, tmp_path, coupling):
+    # 12 steps of batch 4 cross the first epoch (36 treated cells, 9 batches) after the resume
+    # at step 8, so the ot coupling's per-epoch assignment is made by the resumed run too.
+    def cfg(out: str, steps: int):
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, 12, **{"optim.steps": str(steps), "data.coupling": coupling}))
 
-    interrupted = load_config("demo", tiny_overrides(screen, tmp_path / "b", 6, **{"optim.steps": "4"}))
-    train(interrupted, quiet=True)
+    straight = train(cfg("a", 12), quiet=True)
+    train(cfg("b", 8), quiet=True)
     state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
-    assert state["step"] == 4
-    resumed = train(load_config("demo", tiny_overrides(screen, tmp_path / "b", 6)), resume=True, quiet=True)
+    assert state["step"] == 8 and state["epoch"] == 0
+    resumed = train(cfg("b", 12), resume=True, quiet=True)
 
     for name, value in weights(straight.unet).items():
         assert torch.equal(value, weights(resumed.unet)[name]), name
     for name, value in weights(straight.ema.model).items():
         assert torch.equal(value, weights(resumed.ema.model)[name]), name
-    assert straight.ema.num_updates == resumed.ema.num_updates == 6
+    assert straight.ema.num_updates == resumed.ema.num_updates == 12
     steps_logged = [int(line.split(",")[0]) for line in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps_logged == list(range(1, 7))
+    assert steps_logged == list(range(1, 13))
 
 
 def test_training_changes_weights_and_ema_lags(screen, tmp_path):

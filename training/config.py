@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from napari_cellflux.core.flow import TIME_MEAN, TIME_STD
+from napari_cellflux.data.dataset import COUPLINGS
 from napari_cellflux.errors import InputError
 from napari_cellflux.settings import DEVICES, TRAINING_PRECISIONS, SamplingConfig
 
@@ -24,7 +25,9 @@ class DataConfig:
 
     format: an IMPA convention (bbbc021, rxrx1, cpg0000) or "plain". root: the folder of cell
     files; metadata / embeddings: CSVs, relative to root unless absolute. synthetic: build the
-    default synthetic screen in root first if it is not there (the demo).
+    default synthetic screen in root first if it is not there (the demo). coupling: how treated
+    cells get their controls, "independent" (the paper) or "ot" (minibatch optimal transport
+    within each perturbation and batch; napari_cellflux.data.dataset).
     """
 
     root: str = "data"
@@ -35,9 +38,14 @@ class DataConfig:
     channels: str = "bbbc021"
     held_out: list[str] = field(default_factory=list)
     flip_prob: float = 0.3
+    coupling: str = "independent"
     synthetic: bool = False
     synthetic_seed: int = 0
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.coupling not in COUPLINGS:
+            raise InputError(f"data.coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
 
 
 @dataclass

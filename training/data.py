@@ -24,17 +24,22 @@ OPTION_NAMES = OptionNames(root="data.root", format="data.format", metadata="dat
 
 class SeededItems(Dataset):
     """Item i of ``pairs`` drawn with a generator seeded from (seed, epoch, i): the same draw
-    (control, dequantisation, flips) whichever worker or resumed run asks for it."""
+    (control, dequantisation, flips) whichever worker or resumed run asks for it. With the "ot"
+    coupling the epoch's controls are assigned up front from (seed, epoch)."""
 
     def __init__(self, pairs: CellPairDataset, seed: int, epoch: int):
         self.pairs, self.seed, self.epoch = pairs, seed, epoch
+        self.controls = None
+        if pairs.config.coupling == "ot":
+            self.controls = pairs.coupled_controls(np.random.default_rng([seed, epoch]))
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
         entropy = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1, np.uint64)[0]
-        return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)))
+        control = None if self.controls is None else int(self.controls[i])
+        return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)), control)
 
 
 @dataclass
@@ -86,7 +91,8 @@ def load_training_data(cfg: DataConfig, *, image_size: int, seed: int, build: bo
     table, _, metadata = read_screen_table(root, cfg.format, cfg.metadata, names=OPTION_NAMES)
     vocabulary = read_embedding_csv(under(root, cfg.embeddings), kind=cfg.kind)
     vocabulary.smiles = {name: s for name, s in table.smiles.items() if name in vocabulary.names}
-    pairs = CellPairDataset(table, vocabulary, PairingConfig(split="train", held_out=tuple(cfg.held_out), flip_prob=cfg.flip_prob))
+    pairs = CellPairDataset(table, vocabulary, PairingConfig(split="train", held_out=tuple(cfg.held_out), flip_prob=cfg.flip_prob,
+                                                           coupling=cfg.coupling))
     if pairs.shape[1:] != (image_size, image_size):
         raise InputError(
             f"{metadata}: cells are {pairs.shape[1]} x {pairs.shape[2]} px but model.image_size is {image_size}; "

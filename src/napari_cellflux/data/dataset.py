@@ -1,8 +1,12 @@
-"""Training pairs: each treated cell with a random control cell of the same batch
+"""Training pairs: each treated cell with a control cell of the same batch
 (docs/method.md, Data and pre-processing).
 
-Control and target are never matched individually (flow matching maps distributions), so a
-fresh control is drawn at every access. :func:`same_batch_controls` is the one rule of which
+With the paper's independent coupling a fresh random control is drawn at every access
+(flow matching maps distributions). With the optimal-transport coupling
+(:meth:`CellPairDataset.coupled_controls`) the random controls of each group of treated cells
+are re-assigned among them so that the summed distance is least: the pairs then say which
+control each treated cell is nearest to, so a model learns to morph a cell into a treated
+cell like it rather than towards the treated cells' average. :func:`same_batch_controls` is the one rule of which
 controls a cell may get, for training and evaluation; :func:`draw_controls` draws them in bulk.
 """
 
@@ -73,6 +77,9 @@ class PairingConfig:
     flip_prob: probability of a horizontal and, independently, of a vertical flip, drawn
         separately for control and target: they are unrelated cells, so flipping them together
         would add nothing but a correlation the model should not see.
+        With the "ot" coupling the pair is flipped together, as it was matched.
+    coupling: "independent" (the paper: any control of the batch) or "ot" (see
+        :meth:`CellPairDataset.coupled_controls`).
     seed: seeds the draws (controls, dequantisation noise, flips); None follows torch's global RNG.
     """
 
@@ -80,7 +87,21 @@ class PairingConfig:
     held_out: tuple[str, ...] = ()
     dequantize: bool = True
     flip_prob: float = 0.3
+    coupling: str = "independent"
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise InputError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        if self.coupling not in COUPLINGS:
+            raise InputError(f"coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
+
+
+COUPLINGS = ("independent", "ot")
+# The optimal-transport coupling compares cells on an OT_GRID x OT_GRID average-pooled copy:
+# coarse enough that a screen's features fit in memory (192 floats a 3-channel cell), fine
+# enough to tell a cell's outline, orientation and position.
+OT_GRID = 8
 
 
 class CellPairDataset(Dataset):
@@ -102,8 +123,6 @@ class CellPairDataset(Dataset):
         config: PairingConfig = PairingConfig(),
         normalization: Normalization = Normalization(),
     ) -> None:
-        if not 0.0 <= config.flip_prob <= 1.0:
-            raise InputError(f"flip_prob must be in [0, 1], got {config.flip_prob}")
         self.table = table.select(config.split, config.held_out)
         self.config = config
         self.normalization = normalization
@@ -116,6 +135,7 @@ class CellPairDataset(Dataset):
         # The table is already cut to the split; the split names it in errors.
         self.controls_by_batch, _ = same_batch_controls(self.table, batches, config.split)
         self.shape = self._expected_shape()
+        self._features: dict[int, np.ndarray] = {}
         self._generator: torch.Generator | None = None
         self._generator_pid: int | None = None
 
@@ -125,22 +145,60 @@ class CellPairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.item(i, self._rng())
 
-    def item(self, i: int, generator: torch.Generator) -> dict:
-        """Item ``i`` with every random draw taken from ``generator`` (for callers that seed per item)."""
+    def item(self, i: int, generator: torch.Generator, control_id: int | None = None) -> dict:
+        """Item ``i`` with every random draw taken from ``generator`` (for callers that seed per item);
+        ``control_id``: its control (a row of ``self.table.cells``, from :meth:`coupled_controls`)
+        instead of a random one."""
         target_id = int(self.targets[i])
         batch = self.table.cells["batch"].iloc[target_id]
-        controls = self.controls_by_batch[batch]
-        control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
+        if control_id is None:
+            controls = self.controls_by_batch[batch]
+            control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
+        control, flips = self._pixels(control_id, generator)
+        target, _ = self._pixels(target_id, generator, flips if self.config.coupling == "ot" else None)
         return {
-            "control": self._pixels(control_id, generator),
-            "target": self._pixels(target_id, generator),
+            "control": control,
+            "target": target,
             "perturbation": int(self.perturbation_index[i]),
             "batch": batch,
             "control_id": control_id,
             "target_id": target_id,
         }
 
-    def _pixels(self, position: int, generator: torch.Generator) -> torch.Tensor:
+    def coupled_controls(self, rng: np.random.Generator) -> np.ndarray:
+        """int64 (len(self),): a control row for every item, by minibatch optimal transport.
+
+        For each group of treated cells of one perturbation and batch, as many controls are drawn
+        from the batch (with replacement, as the independent coupling does, so each control is as
+        likely as before) and assigned to the group's cells one to one, minimising the summed
+        squared distance between their pooled pixels (Hungarian algorithm). Draws and
+        assignments depend only on ``rng``.
+        """
+        from scipy.optimize import linear_sum_assignment
+
+        controls = np.empty(len(self.targets), dtype=np.int64)
+        batches = self.table.cells["batch"].to_numpy()[self.targets]
+        groups: dict[tuple[int, str], list[int]] = {}
+        for i, key in enumerate(zip(self.perturbation_index.tolist(), batches.tolist())):
+            groups.setdefault(key, []).append(i)
+        for (_, batch), items in sorted(groups.items()):
+            drawn = rng.choice(self.controls_by_batch[batch], len(items), replace=True)
+            a = np.stack([self._feature(int(self.targets[i])) for i in items])
+            b = np.stack([self._feature(int(c)) for c in drawn])
+            cost = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+            rows, cols = linear_sum_assignment(cost)
+            controls[np.asarray(items)[rows]] = drawn[cols]
+        return controls
+
+    def _feature(self, position: int) -> np.ndarray:
+        """float32 (C * OT_GRID**2,): the cell at ``position`` average-pooled, cached (read once)."""
+        if position not in self._features:
+            x = torch.from_numpy(self._checked(position)).float()[None]
+            pooled = torch.nn.functional.adaptive_avg_pool2d(x, OT_GRID) / self.normalization.max_value
+            self._features[position] = pooled.flatten().numpy()
+        return self._features[position]
+
+    def _checked(self, position: int) -> np.ndarray:
         path = self.table.cells["path"].iloc[position]
         pixels = load_cell(path)
         if pixels.shape != self.shape:
@@ -148,11 +206,18 @@ class CellPairDataset(Dataset):
                 f"{self.table.where(position)}: cell file {path} has shape (C, H, W) = {pixels.shape}, "
                 f"expected {self.shape} like the other cells; re-export it with that size and channel count"
             )
-        x = self.normalization.to_model(pixels, dequantize=self.config.dequantize, generator=generator)
-        for dim in (-1, -2):
-            if torch.rand((), generator=generator).item() < self.config.flip_prob:
+        return pixels
+
+    def _pixels(self, position: int, generator: torch.Generator,
+                flips: tuple[bool, bool] | None = None) -> tuple[torch.Tensor, tuple[bool, bool]]:
+        """The cell in model space, dequantised and flipped (``flips``: (horizontal, vertical), drawn if None)."""
+        x = self.normalization.to_model(self._checked(position), dequantize=self.config.dequantize, generator=generator)
+        if flips is None:
+            flips = tuple(torch.rand((), generator=generator).item() < self.config.flip_prob for _ in range(2))
+        for dim, flip in zip((-1, -2), flips):
+            if flip:
                 x = x.flip(dim)
-        return x
+        return x, flips
 
     def _vocabulary_rows(self, vocabulary: Vocabulary) -> np.ndarray:
         names = self.table.cells["perturbation"].to_numpy()[self.targets]
