@@ -4,10 +4,11 @@
 With the paper's independent coupling a fresh random control is drawn at every access
 (flow matching maps distributions). With the optimal-transport coupling
 (:meth:`CellPairDataset.coupled_controls`) the random controls of each group of treated cells
-are re-assigned among them so that the summed distance is least: the pairs then say which
-control each treated cell is nearest to, so a model learns to morph a cell into a treated
-cell like it rather than towards the treated cells' average. :func:`same_batch_controls` is the one rule of which
-controls a cell may get, for training and evaluation; :func:`draw_controls` draws them in bulk.
+are re-assigned among them so that the summed distance is least, so a model learns to morph a
+cell into a treated cell like it rather than towards the treated cells' average.
+
+:func:`same_batch_controls` is the one rule of which controls a cell may get, for training and
+evaluation; :func:`draw_controls` draws them in bulk.
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def draw_controls(target_batches: np.ndarray, pools: dict[str, np.ndarray], rng:
     return controls
 
 
+COUPLINGS = ("independent", "ot")
+# The optimal-transport coupling compares cells on an OT_GRID x OT_GRID average-pooled copy:
+# coarse enough that a screen's features fit in memory (192 floats a 3-channel cell), fine
+# enough to tell a cell's outline, orientation and position.
+OT_GRID = 8
+
+
 @dataclass(frozen=True)
 class PairingConfig:
     """Which cells to use and how to present them; the defaults are the published training setup.
@@ -95,13 +103,6 @@ class PairingConfig:
             raise InputError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.coupling not in COUPLINGS:
             raise InputError(f"coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
-
-
-COUPLINGS = ("independent", "ot")
-# The optimal-transport coupling compares cells on an OT_GRID x OT_GRID average-pooled copy:
-# coarse enough that a screen's features fit in memory (192 floats a 3-channel cell), fine
-# enough to tell a cell's outline, orientation and position.
-OT_GRID = 8
 
 
 class CellPairDataset(Dataset):
