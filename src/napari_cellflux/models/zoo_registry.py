@@ -142,7 +142,7 @@ def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, descr
 
 
 REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="3918131537108478b7ccad280cb2d4d7a5ba3eac63b59bd0fd16b2d5ae222066",
+    BundledModel("demo", "demo.safetensors", sha256="61fb3d3cc96a8a80fb25a5874eec21922e246d0c397787cfa3a5f0cd971f23be",
                  description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
     _authors_model(
         "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, sha256=EMB_FP_SHA256,
