@@ -182,6 +182,12 @@ def test_ot_coupling_uses_the_given_control_and_flips_the_pair_together(tmp_path
     assert len(corners) >= 3  # and the pairs are flipped in different ways
 
 
+def test_ot_coupling_refuses_a_random_control(tmp_path):
+    pairs, _ = ot_pairs(tmp_path)
+    with pytest.raises(ValueError, match="pass control_id from coupled_controls"):
+        pairs[0]
+
+
 def test_unknown_coupling_is_an_error():
     with pytest.raises(ValueError, match="coupling must be one of independent, ot"):
         PairingConfig(coupling="exact")

@@ -110,7 +110,8 @@ class CellPairDataset(Dataset):
 
     Item i is a dict: control (C, H, W) float32 in [-1, 1], target (C, H, W) float32 in [-1, 1],
     perturbation (int, row of ``vocabulary``), batch (str), control_id / target_id (int, rows of
-    ``self.table.cells``). Pixels are read from disk per item.
+    ``self.table.cells``). Pixels are read from disk per item. With the "ot" coupling the
+    controls come from :meth:`coupled_controls` through :meth:`item`; ``dataset[i]`` refuses.
 
     In DataLoader workers each worker seeds its own stream from ``config.seed`` and the worker
     seed torch assigns (new every epoch, fixed by ``torch.manual_seed``), so workers and epochs
@@ -152,6 +153,10 @@ class CellPairDataset(Dataset):
         instead of a random one."""
         target_id = int(self.targets[i])
         batch = self.table.cells["batch"].iloc[target_id]
+        if control_id is None and self.config.coupling == "ot":
+            # A random control here would silently undo the matching the option asks for.
+            raise InputError("coupling 'ot' matches controls per epoch: pass control_id from coupled_controls(rng) "
+                             "to item(i, generator, control_id), as training.data.SeededItems does")
         if control_id is None:
             controls = self.controls_by_batch[batch]
             control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
