@@ -48,15 +48,17 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("coupling", ["independent", "ot"])
-def test_resumed_run_matches_straight_run(screen, tmp_path, coupling):
+@pytest.mark.parametrize("coupling,decay_steps", [("independent", 0), ("ot", 0), ("independent", 4)])
+def test_resumed_run_matches_straight_run(screen, tmp_path, coupling, decay_steps):
     # 12 steps of batch 4 cross the first epoch (36 treated cells, 9 batches) after the resume
-    # at step 8, so the ot coupling's per-epoch assignment is made by the resumed run too.
-    def cfg(out: str, steps: int):
-        return load_config("demo", tiny_overrides(screen, tmp_path / out, 12, **{"optim.steps": str(steps), "data.coupling": coupling}))
+    # at step 8, so the ot coupling's per-epoch assignment is made by the resumed run too. A
+    # cool-down over steps 8-11 may be added on resume: the first 8 ran at the same constant rate.
+    def cfg(out: str, steps: int, decay: int = decay_steps):
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, 12, **{
+            "optim.steps": str(steps), "data.coupling": coupling, "optim.decay_steps": str(decay)}))
 
     straight = train(cfg("a", 12), quiet=True)
-    train(cfg("b", 8), quiet=True)
+    train(cfg("b", 8, decay=0), quiet=True)
     state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
     assert state["step"] == 8 and state["epoch"] == 0
     resumed = train(cfg("b", 12), resume=True, quiet=True)
@@ -68,6 +70,25 @@ def test_resumed_run_matches_straight_run(screen, tmp_path, coupling):
     assert straight.ema.num_updates == resumed.ema.num_updates == 12
     steps_logged = [int(line.split(",")[0]) for line in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps_logged == list(range(1, 13))
+
+
+def test_cool_down_lowers_the_rate_linearly_to_zero_at_the_end():
+    from training.train import OptimConfig, learning_rate
+
+    rates = [learning_rate(OptimConfig(lr=1e-3, decay_steps=4), step, 10) for step in range(10)]
+    assert rates[:6] == [1e-3] * 6  # exactly the constant rate before the cool-down
+    assert rates[6:] == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    assert all(learning_rate(OptimConfig(lr=1e-3), step, 10) == 1e-3 for step in range(10))
+
+
+def test_resume_refuses_to_change_the_rates_of_steps_already_run(screen, tmp_path):
+    # Steps 4-7 of the saved run were in its cool-down; 12 steps would have run them at full rate.
+    def cfg(steps: int):
+        return load_config("demo", tiny_overrides(screen, tmp_path / "run", steps, **{"optim.decay_steps": "4"}))
+
+    train(cfg(8), quiet=True)
+    with pytest.raises(ValueError, match="optim.steps 8 -> 12 changes the learning rate of steps already run"):
+        train(cfg(12), resume=True, quiet=True)
 
 
 def test_training_changes_weights_and_ema_lags(screen, tmp_path):

@@ -62,6 +62,9 @@ class OptimConfig:
     """The paper's optimisation (docs/method.md, Training) unless changed."""
 
     lr: float = 1e-4
+    # Steps at the end over which the learning rate falls linearly to 0 (a cool-down; 0 = constant
+    # throughout, the paper's). Earlier steps run at exactly ``lr``.
+    decay_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.01  # torch's AdamW default; the paper sets none
     batch_size: int = 32
@@ -79,6 +82,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "steps")
+        _at_least(self, 0, "decay_steps")
         if self.epochs is not None:
             _at_least(self, 1, "epochs")
         if not self.lr > 0:

@@ -36,7 +36,7 @@ from napari_cellflux.models.model_file import CellFluxModel, save_model
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
 
-from .config import TrainConfig, load_config
+from .config import OptimConfig, TrainConfig, load_config
 from .data import TrainingData, load_training_data
 from .ema import EMA
 
@@ -82,6 +82,14 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
     return flow_matching_loss(predicted.float(), x0, x1)
+
+
+def learning_rate(optim: OptimConfig, step: int, total_steps: int) -> float:
+    """The rate for ``step`` (0-based) of ``total_steps``: ``optim.lr``, falling linearly towards 0
+    over the last ``optim.decay_steps`` steps."""
+    if step < total_steps - optim.decay_steps:
+        return optim.lr  # exactly, so a run is the same as a constant-rate one up to the cool-down
+    return optim.lr * (total_steps - step) / optim.decay_steps
 
 
 CONTROL_SAMPLE = 300  # training controls summarised in the model file (enough for 1st-99th percentiles)
@@ -147,8 +155,8 @@ def load_state(path: Path) -> dict:
 
 # Settings that may differ on --resume: they change when and where the run works, not what it
 # computes (sampling.* too: the defaults the model file recommends, not part of training).
-RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "run.checkpoint_every", "run.log_every", "run.device",
-                     "run.threads", "data.num_workers", "run.out")
+RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "optim.decay_steps", "run.checkpoint_every", "run.log_every",
+                     "run.device", "run.threads", "data.num_workers", "run.out")
 
 
 def check_resumable(saved: dict, now: dict, path: Path) -> None:
@@ -170,6 +178,20 @@ def check_resumable(saved: dict, now: dict, path: Path) -> None:
             f"cannot resume {path}: {shown}{' ...' if len(differ) > 5 else ''}. Resume with the saved settings "
             f"(only {', '.join(RESUMABLE_CHANGES[:4])} ... may change), or start a new run in another run.out"
         )
+
+
+def check_rates_kept(saved: dict, optim: OptimConfig, total_steps: int, batches_per_epoch: int, step: int, path: Path) -> None:
+    """The length and cool-down may change on resume (to train on, or to add a cool-down) only if
+    the steps already run keep their learning rates, so the run stays the one a straight run gives."""
+    saved_epochs = saved.get("epochs")
+    saved_total = saved_epochs * batches_per_epoch if saved_epochs is not None else saved.get("steps", total_steps)
+    before = dataclasses.replace(optim, decay_steps=saved.get("decay_steps", 0))
+    if all(learning_rate(before, k, saved_total) == learning_rate(optim, k, total_steps) for k in range(step)):
+        return
+    changed = [f"optim.{key} {saved.get(key, 0)} -> {getattr(optim, key)}" for key in ("steps", "epochs", "decay_steps")
+               if saved.get(key, 0 if key == "decay_steps" else None) != getattr(optim, key)]
+    raise InputError(f"cannot resume {path}: {', '.join(changed)} changes the learning rate of steps already run "
+                     "(their cool-down); resume with the saved values, or start a new run in another run.out")
 
 
 def remove_stale_parts(out: Path) -> None:
@@ -264,6 +286,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
     if resume:
         state = load_state(state_path)
         check_resumable(state.get("config", {}), cfg.to_dict(), state_path)
+        check_rates_kept(state.get("config", {}).get("optim", {}), cfg.optim, total_steps,
+                         data.batches_per_epoch(cfg.optim.batch_size, ddp.world_size), state["step"], state_path)
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -291,6 +315,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
             loss = training_step(model, batch, embeddings, cfg, device, amp_dtype)
             if not torch.isfinite(loss):
                 raise CellFluxError(f"loss became {loss.item()} at step {step}; lower optim.lr or use optim.precision=fp32")
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg.optim, step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
