@@ -34,13 +34,17 @@ DEMO = Path("src/napari_cellflux/assets/demo.safetensors")  # the bundled demo, 
 SUMMARY = ("effect_error", "effect_error_vs_truth", "morphology_error", "moa_accuracy", "batch_intensity_error")
 
 
-def evaluate_mode(checkpoint: str, screen: Path, mode: str, seed: int) -> dict:
-    """The evaluation JSON of ``checkpoint`` on ``screen``'s test split in ``mode`` (model's sampler)."""
+def evaluate_mode(checkpoint: str, screen: Path, mode: str, seed: int, cells: dict[str, np.ndarray]) -> dict:
+    """The evaluation JSON of ``checkpoint`` on ``screen``'s test split in ``mode`` (model's sampler);
+    its generated cells (uint8 (N, C, H, W)) go into ``cells[mode]``."""
     from training.evaluate import EvalConfig, evaluate
+
+    def keep(path: str, generated: np.ndarray) -> None:
+        cells[mode] = generated
 
     with tempfile.TemporaryDirectory() as folder:
         return evaluate(EvalConfig(checkpoints=[checkpoint], data=str(screen), out=str(Path(folder) / "metrics.json"),
-                                   mode=mode, seed=seed, quiet=True))
+                                   mode=mode, seed=seed, quiet=True), on_generated=keep)
 
 
 def designed_effects(results: dict[str, dict]) -> list[dict]:
@@ -92,30 +96,28 @@ def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int 
         row["train_real_recovered"] = float((other / train_controls[feature].mean() - 1) / effect)
 
 
-def fibres(checkpoint: str, screen: Path, seed: int) -> dict:
+def fibres(checkpoint: str, screen: Path, seed: int, generated: dict[str, np.ndarray]) -> dict:
     """Per perturbation of the test split: the mean fibre coherence (``training.metrics.fibre_coherence``,
     1 = parallel, 0 = crossing) of its real cells (test and, where it has them, training split), of
-    their paired controls and of each mode's generated cells (the evaluation's own, regenerated),
+    their paired controls and of each mode's generated cells (``generated[mode]``, the cells
+    ``evaluate_mode`` kept, in the order of the same selection),
     and per mode the generated / real ratio averaged over the seen compounds whose real cells keep
     their fibres (coherence >= 0.5; a microtubule destabiliser's loss of fibres is its texture
     effect, scored with the others)."""
     from training import metrics as M
-    from training.evaluate import EvalConfig, sampling_for
     from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
-    from training.evaluation.generation import check_model, generate_cells, load_checkpoint
+    from training.evaluation.generation import load_checkpoint
 
-    model = load_checkpoint(checkpoint, "cpu", None)
     data = load_eval_data(screen)
-    selection = select_cells(data, split="test", held_out=held_out_names(data, [model]), seed=seed)
-    conditions = check_model(model, data, selection, Path(checkpoint))
-    controls = load_pixels(data.table, selection.controls, data.shape)
+    # The evaluation's selection: the same split, seed and held-out compounds.
+    selection = select_cells(data, split="test", held_out=held_out_names(data, [load_checkpoint(checkpoint, "cpu", None)]),
+                             seed=seed)
     measured = {"real": M.fibre_coherence(load_pixels(data.table, selection.treated, data.shape)),
-                "control": M.fibre_coherence(controls)}
+                "control": M.fibre_coherence(load_pixels(data.table, selection.controls, data.shape))}
     for mode in MODE_NAMES:
-        cfg = EvalConfig(checkpoints=[checkpoint], data=str(screen), out="", mode=mode, seed=seed)  # the evaluation's cells
-        generated = generate_cells(model, controls, selection, conditions, sampling_for(model, cfg), seed=seed,
-                                   batch_size=cfg.batch_size, precision=cfg.precision, mode=mode)
-        measured[mode] = M.fibre_coherence(generated)
+        if len(generated[mode]) != len(selection.treated):
+            raise ValueError(f"{len(generated[mode])} generated {mode} cells for {len(selection.treated)} selected")
+        measured[mode] = M.fibre_coherence(generated[mode])
     rows = {name: {"group": selection.groups[name],
                    **{key: float(values[selection.index(name)].mean()) for key, values in measured.items()}}
             for name in selection.names}
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 
             make_synthetic_screen(args.screen, SyntheticScreenConfig())
-        results = {mode: evaluate_mode(str(args.checkpoint), args.screen, mode, args.seed) for mode in MODE_NAMES}
+        generated: dict[str, np.ndarray] = {}
+        results = {mode: evaluate_mode(str(args.checkpoint), args.screen, mode, args.seed, generated) for mode in MODE_NAMES}
         effects = designed_effects(results)
         measurement_floor(args.screen, effects, args.seed)
         data = {
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                                for group in ("seen", "unseen")} for mode, r in results.items()},
             "copy_control": {group: {k: results["sample"]["methods"]["copy_control"][group][k] for k in SUMMARY}
                              for group in ("seen", "unseen")},
-            "fibres": fibres(str(args.checkpoint), args.screen, args.seed),
+            "fibres": fibres(str(args.checkpoint), args.screen, args.seed, generated),
             "cell_kept": cell_kept(str(args.checkpoint), args.cells, args.seed),
             "environment": C.environment(torch.device("cpu")),
         }

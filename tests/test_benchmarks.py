@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from plugin_helpers import tiny_model_file
 
@@ -110,12 +111,17 @@ def test_modes_measurement_floor_brackets_the_real_effect(tmp_path):
 
 
 def test_modes_fibres_score_the_evaluated_cells_of_each_mode(tmp_path):
-    from benchmarks.modes import DEMO, fibres
+    from benchmarks.modes import DEMO, evaluate_mode, fibres
     from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 
     screen = tmp_path / "screen"
     make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
-    result = fibres(str(DEMO), screen, seed=0)
+    generated = {}
+    evaluated = {mode: evaluate_mode(str(DEMO), screen, mode, 0, generated) for mode in ("sample", "morph")}
+    # the evaluation hands over the very cells it measured
+    for mode, result in evaluated.items():
+        assert generated[mode].dtype == np.uint8 and len(generated[mode]) == result["data"]["n_treated"]
+    result = fibres(str(DEMO), screen, seed=0, generated=generated)
     rows = result["perturbations"]
     assert rows["nocodazole"]["group"] == "unseen" and rows["nocodazole"]["real_train"] is None
     assert all(0 <= rows[n][k] <= 1 for n in rows for k in ("real", "control", "sample", "morph"))

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,12 @@ def sampling_for(model: CellFluxModel, cfg: EvalConfig) -> SamplingConfig:
                                          noise_level=cfg.noise_level).for_mode(cfg.mode)
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation of ``cfg``; writes ``cfg.out`` (and the report) and returns the result."""
+def evaluate(cfg: EvalConfig, on_generated: Callable[[str, np.ndarray], None] | None = None) -> dict:
+    """Run the evaluation of ``cfg``; writes ``cfg.out`` (and the report) and returns the result.
+
+    ``on_generated(path, cells)``, if given, receives each checkpoint's generated cells (uint8
+    (N, C, H, W), in the order of the selection), to measure more than the evaluation does
+    without generating them again."""
     log = (lambda message: None) if cfg.quiet else (lambda message: print(f"evaluate: {message}", file=sys.stderr, flush=True))
     started = time.time()
     if not cfg.checkpoints:
@@ -129,6 +134,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         log(f"checkpoint {path}: mode {cfg.mode}, {sampling.steps} {sampling.solver} steps, guidance {sampling.guidance:g}")
         generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=cfg.seed,
                                    batch_size=cfg.batch_size, precision=cfg.precision, mode=cfg.mode, log=log)
+        if on_generated:
+            on_generated(path, generated)
         log("measuring generated cells")
         result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, classifier,
                        kid_subsets=cfg.kid_subsets, seed=cfg.seed)
