@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import napari
+from napari.qt.threading import WorkerBase
 from qtpy.QtWidgets import QApplication
 from skimage.io import imsave
 
@@ -38,7 +39,7 @@ def main(model_file: str | None = None) -> None:
     chosen = [p for p in PERTURBATIONS if p in names] or [n for n in names if n != widget._model.vocabulary.control][:2]
     for name in chosen:  # morph mode, the widget's default
         widget.perturbation.choose(name)
-        widget.generate_button.click()
+        widget.generate(confirmed=True)  # as Generate, without asking first on a busy machine
         wait(widget)
         if not widget.columns.runs:
             sys.exit(f"generation failed: {widget.status.text()}")
@@ -46,6 +47,9 @@ def main(model_file: str | None = None) -> None:
     QApplication.processEvents()
     imsave(OUT, viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
     print(f"wrote {OUT}")
+    # The phenotype panel may still be measuring: without napari's event loop nothing else waits
+    # for its worker, which would then signal into a deleted Qt object at exit and abort.
+    WorkerBase.await_workers()
     viewer.close()
 
 
