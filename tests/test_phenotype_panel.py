@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from plugin_helpers import tiny_model
+from plugin_helpers import TWO_STEPS, tiny_model
 
 from napari_cellflux._napari.phenotype_panel import PhenotypePanel
 from napari_cellflux.data.samples import synthetic_controls
 from napari_cellflux.generation.result import generate_from_pixels
-from napari_cellflux.settings import SamplingConfig
 
 TIMEOUT_MS = 60_000
-FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
 
 
 def run(cells: int):
     return generate_from_pixels(tiny_model(seed=7), synthetic_controls(cells, 32, 3, seed=0), device="cpu",
-                                perturbation="colchicine", sampling=FAST, seed=0)
+                                perturbation="colchicine", sampling=TWO_STEPS, seed=0)
 
 
 def test_panel_shows_the_most_changed_features_and_exports_them_along_t(qtbot, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from plugin_helpers import tiny_model
+from plugin_helpers import TWO_STEPS, tiny_model
 
 from napari_cellflux.cli import main
 from napari_cellflux.data.extract import ExtractionConfig, extract_cells
@@ -20,10 +20,9 @@ from napari_cellflux.data.samples import synthetic_controls
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation import screen as S
 from napari_cellflux.phenotype.sources import read_source
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.settings import SpeedOptions
 
 NF1 = Path(__file__).parent / "fixtures" / "plates" / "nf1-schwann"
-FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
 QUICK = ["--features", "shape,intensity", "--bootstraps", "100", "--permutations", "99", "--quiet"]
 TWO = ["colchicine", "PP-2"]
 
@@ -35,7 +34,7 @@ def generated(tmp_path_factory):
     pool = synthetic_controls(12, 32, 3, seed=1)
     np.save(root / "pool.npy", pool)
     S.run_screen(tiny_model(seed=7), pool, root / "screen", n_cells=12, chunk_size=6, perturbation=TWO,
-                 sampling=FAST, seed=3, speed=SpeedOptions(precision="fp32"))
+                 sampling=TWO_STEPS, seed=3, speed=SpeedOptions(precision="fp32"))
     return root
 
 
@@ -118,7 +117,7 @@ def test_a_generated_screen_needs_the_pool_it_came_from(generated, tmp_path):
 def test_a_screen_of_the_default_synthetic_pool_needs_no_controls(tmp_path):
     """`cellflux screen` without --controls draws 64 synthetic controls seeded by --seed: recognised by their hash."""
     pool = synthetic_controls(64, 32, 3, seed=5)
-    S.run_screen(tiny_model(seed=7), pool, tmp_path, n_cells=4, chunk_size=4, perturbation=TWO, sampling=FAST, seed=5,
+    S.run_screen(tiny_model(seed=7), pool, tmp_path, n_cells=4, chunk_size=4, perturbation=TWO, sampling=TWO_STEPS, seed=5,
                  speed=SpeedOptions(precision="fp32"))
     source = read_source(tmp_path, max_cells=3)
     np.testing.assert_array_equal(source.controls, pool[:3])

@@ -7,15 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from plugin_helpers import tiny_model, tiny_model_file
+from plugin_helpers import TWO_STEPS, random_pool, tiny_model, tiny_model_file
 
 from napari_cellflux.cli import main
 from napari_cellflux.generation import screen as S
 from napari_cellflux.generation import screen_files as F
 from napari_cellflux.generation.screen_plan import rank_units
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.settings import SpeedOptions
 
-FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
 N_CELLS, CHUNK = 20, 8  # chunks of 8, 8 and 4 cells
 
 
@@ -26,12 +25,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def pool():
-    return np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    return random_pool()
 
 
 def screen(model, pool, out, **options):
     return S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
-                        sampling=FAST, seed=3, **options, speed=SpeedOptions(precision="fp32"))
+                        sampling=TWO_STEPS, seed=3, **options, speed=SpeedOptions(precision="fp32"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_screen_writes_chunks_and_manifest(full, pool):
     assert m["n_cells"] == N_CELLS and m["chunk_size"] == CHUNK and m["seed"] == 3
     assert m["perturbations"] == [{"name": "colchicine", "condition": "vocabulary", "folder": "0000_colchicine",
                                    "is_control": False}]
-    assert m["sampling"] == FAST.to_dict()
+    assert m["sampling"] == TWO_STEPS.to_dict()
     assert m["controls"] == {"n": 5, "sha256": S.pool_sha256(pool)}
     assert not list(out.rglob(".*.part"))
     # the cells really moved away from their controls
@@ -112,10 +111,10 @@ def test_manifest_mismatch_is_a_clear_error(full, model, pool):
     out = full[0]
     with pytest.raises(ValueError, match=r"different virtual screen \(seed: on disk 3, now 4"):
         S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation="colchicine",
-                     sampling=FAST, seed=4, speed=SpeedOptions(precision="fp32"))
+                     sampling=TWO_STEPS, seed=4, speed=SpeedOptions(precision="fp32"))
     with pytest.raises(ValueError, match="chunk_size"):
         S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=4, perturbation="colchicine",
-                     sampling=FAST, seed=3, speed=SpeedOptions(precision="fp32"))
+                     sampling=TWO_STEPS, seed=3, speed=SpeedOptions(precision="fp32"))
     with pytest.raises(ValueError, match="controls"):
         screen(model, pool[:4], out)
 
@@ -141,7 +140,7 @@ def test_screen_memory_is_one_chunk(model, pool, tmp_path, monkeypatch):
 
     monkeypatch.setattr(S, "generate", spy)
     S.run_screen(model, pool, tmp_path, n_cells=12, chunk_size=4, perturbation="colchicine",
-                 sampling=FAST, speed=SpeedOptions(precision="fp32"))
+                 sampling=TWO_STEPS, speed=SpeedOptions(precision="fp32"))
     assert seen == [(4, True)] * 3
 
 

@@ -8,16 +8,15 @@ import json
 
 import numpy as np
 import pytest
-from plugin_helpers import COMPOUNDS, tiny_model, tiny_model_file
+from plugin_helpers import COMPOUNDS, TWO_STEPS, random_pool, tiny_model, tiny_model_file
 
 from napari_cellflux.cli import main
 from napari_cellflux.errors import InputError
 from napari_cellflux.generation import screen as S
 from napari_cellflux.generation.screen_files import MANIFEST, read_screen
 from napari_cellflux.generation.screen_plan import plan_screen, read_smiles_csv
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.settings import SpeedOptions
 
-FAST = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)
 N_CELLS, CHUNK = 10, 4  # chunks of 4, 4 and 2 cells per perturbation
 TWO = ["colchicine", "PP-2"]
 
@@ -29,12 +28,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def pool():
-    return np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    return random_pool()
 
 
 def screen(model, pool, out, perturbation=TWO, **options):
     return S.run_screen(model, pool, out, n_cells=N_CELLS, chunk_size=CHUNK, perturbation=perturbation,
-                        sampling=FAST, seed=3, speed=SpeedOptions(precision="fp32"), **options)
+                        sampling=TWO_STEPS, seed=3, speed=SpeedOptions(precision="fp32"), **options)
 
 
 def files(out) -> dict[str, bytes]:
@@ -122,7 +121,7 @@ def test_smiles_csv_screens_unseen_compounds(model, pool, tmp_path, capsys):
     smiles = read_smiles_csv(table)
     assert smiles == {"colchicine_again": COMPOUNDS["colchicine"], "ethanol": "CCO"}
     report = S.run_screen(model, pool, tmp_path / "s", n_cells=4, chunk_size=4, perturbation="colchicine",
-                          smiles=smiles, sampling=FAST, seed=3, speed=SpeedOptions(precision="fp32"))
+                          smiles=smiles, sampling=TWO_STEPS, seed=3, speed=SpeedOptions(precision="fp32"))
     assert report.perturbations == ["colchicine", "colchicine_again", "ethanol"]
     saved = read_screen(tmp_path / "s")
     entry = saved.manifest["perturbations"][2]
