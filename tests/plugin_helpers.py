@@ -19,12 +19,12 @@ PLUGIN = "napari-cellflux"  # the npe2 plugin name
 DEMO = Path(napari_cellflux.__file__).parent / "assets" / "demo.safetensors"
 COMPOUNDS = {"colchicine": "COc1cc2c(c(OC)c1OC)-c1ccc(OC)c(=O)cc1[C@@H](NC(C)=O)CC2", "PP-2": "CC(C)(C)n1nc(-c2ccc(Cl)cc2)c2c(N)ncnc21"}
 FAST = SamplingConfig(solver="euler", grid="uniform", steps=4, guidance=0.2, noise_level=0.5)
-TWO_STEPS = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)  # screens of many chunks
+TWO_STEPS = SamplingConfig(solver="euler", grid="uniform", steps=2, guidance=0.2, noise_level=0.5)  # screens, phenotype runs
 
 
-def random_pool(n: int = 5, image_size: int = 32) -> np.ndarray:
-    """A reproducible pool of control cells, uint8 (n, 3, image_size, image_size)."""
-    return np.random.default_rng(0).integers(0, 256, (n, 3, image_size, image_size), dtype=np.uint8)
+def random_pool() -> np.ndarray:
+    """A reproducible pool of 5 control cells, uint8 (5, 3, 32, 32)."""
+    return np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
 
 
 def tiny_model(seed: int = 0, image_size: int = 32) -> CellFluxModel:
