@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
+import pytest
 import torch
 from plugin_helpers import tiny_model
 
@@ -13,19 +12,36 @@ from napari_cellflux.settings import SamplingConfig
 PAPER = SamplingConfig()  # 50 Heun steps = 100 evaluations
 
 
+class FakeClock:
+    """time.perf_counter for cost.py, advanced by a fake generate() that costs ``seconds(n)`` for n cells."""
+
+    def __init__(self, monkeypatch, seconds):
+        self.now, self.calls = 0.0, []
+
+        def generate(model, controls, **kwargs):
+            self.calls.append((len(controls), kwargs["sampling"].evaluations, kwargs["sampling"].guidance))
+            self.now += seconds(len(controls))
+
+        monkeypatch.setattr(cost, "generate", generate)
+        monkeypatch.setattr(cost, "perf_counter", lambda: self.now)
+
+
 def test_the_estimate_scales_one_timed_evaluation_to_the_run(monkeypatch):
-    calls = []
-
-    def slow_generate(model, controls, **kwargs):  # a dear model: 1.5 s per cell and evaluation
-        calls.append((len(controls), kwargs["sampling"].evaluations, kwargs["sampling"].guidance))
-        time.sleep(1.5 * len(controls))
-
-    monkeypatch.setattr(cost, "generate", slow_generate)
+    clock = FakeClock(monkeypatch, lambda n: 6.0 * n)  # a dear model: 6 s per cell and evaluation
     estimate = cost.estimate_cost(tiny_model(), torch.zeros(10, 3, 32, 32), 1000, PAPER)
-    assert calls == [(1, 1, PAPER.guidance)]  # one cell, one evaluation, the run's guidance; no batch: too dear
-    assert estimate.seconds == estimate.probe_seconds * 1000 * 100 and estimate.seconds >= 1.5 * 1000 * 100
+    assert clock.calls == [(1, 1, PAPER.guidance)]  # one cell, one evaluation, the run's guidance; two cells: too dear
+    assert estimate.seconds == 6.0 * 1000 * 100 and estimate.probe_cells == 1
     assert estimate.long and "few-step settings" in estimate.advice() and "a GPU" in estimate.advice()
     assert "1000 cells x 100 network evaluations" in estimate.describe()
+
+
+def test_a_slow_single_cell_on_busy_cores_does_not_inflate_the_estimate(monkeypatch):
+    # As the demo on 2 busy cores: one cell 1.7 s, 16 cells 0.35 s (threads waiting on each other).
+    clock = FakeClock(monkeypatch, lambda n: 1.7 if n == 1 else 0.3 + 0.003 * n)
+    estimate = cost.estimate_cost(tiny_model(), torch.zeros(16, 3, 32, 32), 16, PAPER)
+    assert [n for n, _, _ in clock.calls] == [1, 5, 16]  # each probe as large as 10 s allows, up to the batch
+    assert estimate.probe_cells == 16 and estimate.seconds == pytest.approx((0.3 + 0.003 * 16) * 100)
+    assert not estimate.long  # one cell scaled up said 45 min
 
 
 def test_a_cheap_model_is_timed_on_a_whole_warm_batch_when_the_run_may_be_long():

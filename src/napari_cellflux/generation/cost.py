@@ -4,15 +4,15 @@ cell and evaluation on a CPU, so the paper's defaults over a folder of crops can
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from time import perf_counter
 
 from napari_cellflux.generation.generate import generate
 from napari_cellflux.models.model_file import CellFluxModel
 from napari_cellflux.settings import SamplingConfig, SpeedOptions
 
 LONG_RUN_S = 60.0  # above this a run is announced with ways to shorten it
-PROBE_BUDGET_S = 10.0  # the most a second, whole-batch timing may cost (estimated from one cell)
+PROBE_BUDGET_S = 10.0  # the most each further probe may cost (estimated from the last)
 FEW_STEP = "--solver midpoint --grid uniform --steps 10"  # within 5% of 100 evaluations (docs/speed.md)
 
 
@@ -50,29 +50,33 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
     run's guidance and speed options, and scale them to ``n_cells`` cells and
     ``sampling.evaluations`` evaluations.
 
-    One cell is timed first; scaled up, that errs long (first-call overhead, no batching). Where
-    it still says the run is short, that is the answer, and short interactive runs pay for one
-    cell only. Where it says long and the batch is cheap to time, a whole batch (as the run will
-    use) is timed next, warm, because small models run far faster per cell in batches; where it
-    is dear (a published model on a CPU: seconds per cell) the one-cell time stands."""
+    One cell is timed first; scaled up, that errs long (first-call overhead, no batching, and on
+    a machine whose cores are busy, OpenMP threads waiting for each other on every small
+    operation: there one cell of the demo took 1.7 s, 16 cells 0.35 s). Where it still says the
+    run is short, that is the answer, and short interactive runs pay for one cell only. Where it
+    says long, more cells are timed, each probe as many as PROBE_BUDGET_S allows at the last
+    probe's time per cell, up to a whole batch as the run will use; where even two cells would
+    cost more (a published model on a CPU: seconds per cell) the one-cell time stands."""
     one_step = SamplingConfig(solver="euler", grid="uniform", steps=1, guidance=sampling.guidance,
                               noise_level=sampling.noise_level)
 
     def timed(cells) -> float:
-        started = time.perf_counter()
+        started = perf_counter()
         generate(model, cells, sampling=one_step, speed=speed, batch_size=batch_size, final_only=True,
                  **(condition or {}))
-        return time.perf_counter() - started
+        return perf_counter() - started
 
-    probe = controls[:1]
-    seconds = timed(probe)
     batch = min(len(controls), n_cells, batch_size)
-    if batch > 1 and seconds * n_cells * sampling.evaluations > LONG_RUN_S and seconds * batch < PROBE_BUDGET_S:
-        probe = controls[:batch]
-        seconds = timed(probe)
+    probe, seconds = 1, timed(controls[:1])
+    while probe < batch and seconds / probe * n_cells * sampling.evaluations > LONG_RUN_S:
+        # Per cell the time falls as the probe grows, so the last probe's rate bounds the next's cost.
+        cells = min(batch, int(PROBE_BUDGET_S * probe / seconds))
+        if cells < 2 * probe and cells < batch:
+            break  # too dear to time more cells, or little left to learn
+        probe, seconds = cells, timed(controls[:cells])
     return CostEstimate(
-        seconds=seconds / len(probe) * n_cells * sampling.evaluations, cells=n_cells,
-        evaluations=sampling.evaluations, probe_cells=len(probe), probe_seconds=seconds, device=str(model.device),
+        seconds=seconds / probe * n_cells * sampling.evaluations, cells=n_cells,
+        evaluations=sampling.evaluations, probe_cells=probe, probe_seconds=seconds, device=str(model.device),
     )
 
 
