@@ -78,6 +78,9 @@ class OptimConfig:
     # paper's -1.2 puts the median at t ~ 0.77, near the perturbed end.
     time_mean: float = TIME_MEAN
     time_std: float = TIME_STD
+    # The mean for batches whose sources stay clean (the other 1 - noise_prob: the regime `morph`
+    # generates in); None = time_mean. Lets each mode train on the times that serve it (docs/modes.md).
+    clean_time_mean: float | None = None
     precision: str = "auto"
 
     def __post_init__(self) -> None:

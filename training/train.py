@@ -70,7 +70,8 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     x0 = batch["control"].to(device, non_blocking=True)
     x1 = batch["target"].to(device, non_blocking=True)
     n = len(x0)
-    if torch.rand(()) < o.noise_prob:  # per batch, as the authors do
+    noisy = bool(torch.rand(()) < o.noise_prob)  # per batch, as the authors do
+    if noisy:
         x0 = x0 + o.noise_level * torch.randn_like(x0)
     cond = embeddings[batch["perturbation"].to(device)]
     # Classifier-free guidance training drops the condition of the whole batch. A zero mask
@@ -78,7 +79,8 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     # needs: every rank must produce a gradient for every parameter.
     keep = 0.0 if torch.rand(()) < o.class_drop_prob else 1.0
     cond_mask = torch.full((n,), keep, device=device)
-    t = sample_t_skewed(n, mean=o.time_mean, std=o.time_std).to(device)
+    mean = o.time_mean if noisy or o.clean_time_mean is None else o.clean_time_mean
+    t = sample_t_skewed(n, mean=mean, std=o.time_std).to(device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
     return flow_matching_loss(predicted.float(), x0, x1)
