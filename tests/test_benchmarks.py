@@ -130,3 +130,22 @@ def test_modes_fibres_score_the_evaluated_cells_of_each_mode(tmp_path):
     assert "colchicine" not in result["averaged_over"] and "PP-2" in result["averaged_over"]
     # the modes differ (morph starts from the clean control's fibres, sample from noise)
     assert abs(result["generated_over_real"]["sample"] - result["generated_over_real"]["morph"]) > 0.01
+
+
+def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
+    from benchmarks.modes import DEMO, designed_effects, evaluate_mode
+    from benchmarks.recipes import markdown, score_models
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
+    rows = score_models([str(DEMO)], screen, guidances=[0.35])  # the demo's own guidance
+    assert [(r["mode"], r["guidance"]) for r in rows] == [("morph", 0.35), ("sample", 0.35)]
+    for row in rows:
+        # the same cells, measured once here and once per mode there: the same shares
+        expected = {f"{e['perturbation']} {e['feature']}": e[f"{row['mode']}_recovered"] for e in
+                    designed_effects({row["mode"]: evaluate_mode(str(DEMO), screen, row["mode"], 0, {})})}
+        assert row["seen"] | row["unseen"] == pytest.approx(expected)
+        assert "colchicine cell_elongation" in row["seen"] and "nocodazole texture_c1" in row["unseen"]
+        assert row["within"] == sum(abs(v - 1) <= 0.1 for v in row["seen"].values())
+    assert markdown(rows).count("\n| demo | ") == 2  # a row per mode, named for the model file

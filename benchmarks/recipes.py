@@ -1,0 +1,120 @@
+"""Which training recipe recovers the designed effects: the shares of ``benchmarks.modes`` (generated
+effect / real effect of each seen compound's designed feature) for several model files, in both
+modes and at several guidances, on one screen, with the real and control cells measured once.
+
+    python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
+        [--guidance 0.2 0.35] [--out benchmarks/results/recipes.json]
+
+The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
+Each model is generated with its own sampler but the given guidance; the screen's test split, seed
+0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
+reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cellflux.atomic import check_writable
+from napari_cellflux.errors import run_main
+from napari_cellflux.settings import MODE_NAMES
+
+from . import common as C
+from .modes import designed_effects
+
+RESULTS = Path(__file__).parent / "results" / "recipes.json"
+WITHIN = 0.10  # the goal: every share within 10% of the real cells'
+
+
+def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0) -> list[dict]:
+    """One row per model, mode and guidance: the seen compounds' shares, the unseen ones', and fibre
+    coherence generated / real."""
+    from training import metrics as M
+    from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
+    from training.evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
+    from training.evaluation.measure import CellMeasurer
+    from training.evaluation.scores import score
+
+    data = load_eval_data(screen)
+    models = {path: load_checkpoint(path, "auto", None) for path in checkpoints}
+    selection = select_cells(data, split="test", held_out=held_out_names(data, list(models.values())), seed=seed)
+    measure = CellMeasurer(0, M.rgb_matrix(data.format, data.shape[0]), None, 64)
+    real_pixels = load_pixels(data.table, selection.treated, data.shape)
+    control_pixels = load_pixels(data.table, selection.controls, data.shape)
+    real, copy = measure(real_pixels), measure(control_pixels)
+    real_fibres = M.fibre_coherence(real_pixels)
+    fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= 0.5]
+    rows = []
+    for path, model in models.items():
+        condition = check_model(model, data, selection, Path(path))
+        for mode in MODE_NAMES:
+            for guidance in guidances:
+                sampling = model.sampling.with_overrides(guidance=guidance).for_mode(mode)
+                generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
+                                           batch_size=64, precision="fp32", mode=mode)
+                result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
+                               kid_subsets=10, seed=seed)
+                effects = designed_effects({mode: {"perturbations": result["perturbations"]}})
+                fibres = M.fibre_coherence(generated)
+                shares = {f"{e['perturbation']} {e['feature']}": e[f"{mode}_recovered"] for e in effects}
+                seen = {k: v for k, v in shares.items() if k.split(" ")[0] in selection.names_in("seen")}
+                rows.append({
+                    "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
+                    "guidance": guidance, "seen": seen,
+                    "unseen": {k: v for k, v in shares.items() if k not in seen},
+                    "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
+                    "fibres_generated_over_real": float(np.mean(
+                        [fibres[selection.index(n)].mean() / real_fibres[selection.index(n)].mean() for n in fibrous])),
+                })
+                print(f"{path} {mode} guidance {guidance:g}: {rows[-1]['within']} of {len(seen)} within 10%",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table row per model, mode and guidance; one column per seen designed effect."""
+    effects = list(rows[0]["seen"])
+    lines = ["| model | mode | guidance | " + " | ".join(effects) + " | within 10% | fibres |",
+             "|---|---|---|" + "---|" * len(effects) + "---|---|"]
+    for r in rows:
+        path = Path(r["checkpoint"])
+        lines.append(f"| {path.parent.name if path.stem == 'model' else path.stem} | {r['mode']} | {r['guidance']:g} | "
+                     + " | ".join(f"{r['seen'][e]:.0%}" for e in effects)
+                     + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.recipes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoints", nargs="+", required=True, help="model files (.safetensors)")
+    p.add_argument("--screen", type=Path, default=Path("runs/modes/screen_5x"),
+                   help="synthetic screen to score on (default: the five-times screen of docs/modes.md)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+
+    def run() -> int:
+        check_writable(args.out, what="--out", suffixes=(".json",))
+        if not args.screen.is_dir():
+            raise FileNotFoundError(f"--screen {args.screen} is not a folder; write it with cellflux synth "
+                                    "(docs/modes.md, On five times as many cells)")
+        started = time.perf_counter()
+        rows = score_models(args.checkpoints, args.screen, args.guidance)
+        C.write_json(args.out, {
+            "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
+            "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),
+            "elapsed_s": round(time.perf_counter() - started, 1)})
+        print(markdown(rows))
+        return 0
+
+    return run_main("python -m benchmarks.recipes", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
