@@ -31,6 +31,8 @@ from . import common as C
 
 RESULTS = Path(__file__).parent / "results" / "modes.json"
 DEMO = Path("src/napari_cellflux/assets/demo.safetensors")  # the bundled demo, from the repository root
+# Real cells keep their fibres at coherence >= this; a destabiliser's loss of them is its texture effect.
+KEEPS_FIBRES = 0.5
 SUMMARY = ("effect_error", "effect_error_vs_truth", "morphology_error", "moa_accuracy", "batch_intensity_error")
 
 
@@ -125,7 +127,7 @@ def fibres(checkpoint: str, screen: Path, seed: int, generated: dict[str, np.nda
     for name, row in rows.items():  # other real cells of the design: what a perfect generator scores
         train = np.flatnonzero((cells["split"].to_numpy() == "train") & (cells["perturbation"].to_numpy() == name))
         row["real_train"] = float(M.fibre_coherence(load_pixels(data.table, train, data.shape)).mean()) if len(train) else None
-    fibrous = [name for name, row in rows.items() if row["group"] == "seen" and row["real"] >= 0.5]
+    fibrous = [name for name, row in rows.items() if row["group"] == "seen" and row["real"] >= KEEPS_FIBRES]
     return {"what": ("mean fibre coherence of channel 1 (training.metrics.fibre_coherence: 1 = parallel fibres, "
                      "0 = no preferred direction) per perturbation of the test split"),
             "perturbations": rows,

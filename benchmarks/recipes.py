@@ -26,7 +26,7 @@ from napari_cellflux.errors import run_main
 from napari_cellflux.settings import MODE_NAMES
 
 from . import common as C
-from .modes import designed_effects
+from .modes import KEEPS_FIBRES, designed_effects
 
 RESULTS = Path(__file__).parent / "results" / "recipes.json"
 WITHIN = 0.10  # the goal: every share within 10% of the real cells'
@@ -49,7 +49,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     control_pixels = load_pixels(data.table, selection.controls, data.shape)
     real, copy = measure(real_pixels), measure(control_pixels)
     real_fibres = M.fibre_coherence(real_pixels)
-    fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= 0.5]
+    fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
     rows = []
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
@@ -62,12 +62,12 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                                kid_subsets=10, seed=seed)
                 effects = designed_effects({mode: {"perturbations": result["perturbations"]}})
                 fibres = M.fibre_coherence(generated)
-                shares = {f"{e['perturbation']} {e['feature']}": e[f"{mode}_recovered"] for e in effects}
-                seen = {k: v for k, v in shares.items() if k.split(" ")[0] in selection.names_in("seen")}
+                share = {f"{e['perturbation']} {e['feature']}": (e["group"], e[f"{mode}_recovered"]) for e in effects}
+                seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": guidance, "seen": seen,
-                    "unseen": {k: v for k, v in shares.items() if k not in seen},
+                    "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
                     "fibres_generated_over_real": float(np.mean(
                         [fibres[selection.index(n)].mean() / real_fibres[selection.index(n)].mean() for n in fibrous])),

@@ -181,7 +181,6 @@ def test_training_times_follow_the_configured_distribution(time_mean):
     assert abs(torch.log(1 / t - 1).std().item() - 0.5) < 0.03
 
 
-
 @pytest.mark.parametrize("noise_prob, clean_median", [(0.0, 0.5), (1.0, 1 / (1 + math.exp(-1.2)))])
 def test_clean_batches_take_their_own_time_mean(noise_prob, clean_median):
     """optim.clean_time_mean sets the times of batches whose sources stay clean (morph's regime);
@@ -193,6 +192,7 @@ def test_clean_batches_take_their_own_time_mean(noise_prob, clean_median):
     torch.manual_seed(0)
     training_step(recorder, batch, torch.zeros(1, 8), cfg, torch.device("cpu"), None)
     assert abs(recorder.times[0].median().item() - clean_median) < 0.02
+
 
 @pytest.mark.slow
 def test_torchrun_two_processes_share_weights_and_only_rank_zero_writes(screen, tmp_path):

@@ -79,7 +79,7 @@ class OptimConfig:
     time_mean: float = TIME_MEAN
     time_std: float = TIME_STD
     # The mean for batches whose sources stay clean (the other 1 - noise_prob: the regime `morph`
-    # generates in); None = time_mean. Lets each mode train on the times that serve it (docs/modes.md).
+    # generates in); None = time_mean. On the demo, 0 lost shapes in both modes (docs/modes.md).
     clean_time_mean: float | None = None
     precision: str = "auto"
 
