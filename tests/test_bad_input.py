@@ -227,3 +227,25 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_partial_file(inputs
     err = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]  # after the run's warnings
     assert code == 2 and len(err) == 1 and "disk is full" in err[0], err
     assert list(tmp_path.iterdir()) == []  # neither out.tif nor its temporary .part file
+
+
+def test_a_missing_codec_is_named_not_blamed_on_the_file(tmp_path):
+    """JUMP's fields are LZW TIFFs: without imagecodecs tifffile cannot decode them, and the line
+    must say to install it, not that the file may be truncated. Run where imagecodecs cannot be
+    imported (a fresh process, since tifffile keeps the codecs it found)."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    field = tmp_path / "field.tif"
+    tifffile.imwrite(field, np.zeros((3, 64, 64), dtype=np.uint16), compression="lzw")
+    script = ("import sys; sys.modules['imagecodecs'] = None; from napari_cellflux.cli import main; "
+              f"sys.exit(main(['extract', {str(field)!r}, '--out', {str(tmp_path / 'crops')!r}, "
+              "'--perturbation', 'DMSO', '--batch', 'b1']))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "compressed with LZW" in lines[0] and "pip install imagecodecs" in lines[0], lines[0]
+    assert "truncated" not in lines[0]
+    assert not (tmp_path / "crops").exists()

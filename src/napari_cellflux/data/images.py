@@ -3,6 +3,7 @@ one clear line, never a library's traceback, and pickled .npy contents are never
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,18 @@ def read_tiff(path: str | Path) -> np.ndarray:
     try:
         return tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for a damaged file
-        raise InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again") from None
+        raise unreadable_tiff(path, err) from None
+
+
+def unreadable_tiff(path: Path, err: Exception) -> InputError:
+    """The one line for a TIFF that tifffile could not read: a missing codec (tifffile says
+    "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package") names the package to install;
+    anything else is a damaged file."""
+    if "requires the 'imagecodecs' package" in str(err):
+        codec = re.search(r"COMPRESSION\.(\w+)", str(err))
+        return InputError(f"{path}: compressed with {codec.group(1) if codec else 'a codec'}, which needs the "
+                          "imagecodecs package (missing here): pip install imagecodecs")
+    return InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again")
 
 
 def load_npy(path: Path) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cellflux.data.images import unreadable_tiff
 from napari_cellflux.errors import InputError
 
 RANGE_UM = (0.01, 100.0)  # outside this no light microscope's pixel is: a typo or a unit mix-up
@@ -66,7 +67,7 @@ def pixel_size_from_tiff(path: str | Path) -> tuple[float, str] | None:
     except InputError:
         raise
     except Exception as err:  # tifffile raises many types for a damaged file
-        raise InputError(f"{path}: not a readable TIFF ({err}); it may be truncated: copy or export it again") from None
+        raise unreadable_tiff(path, err) from None
     return None
 
 
