@@ -140,6 +140,26 @@ def test_bad_config_is_a_clear_error(override, message):
         load_config("demo", [override])
 
 
+def test_the_synthetic_screen_is_built_as_asked_and_a_different_one_is_refused(tmp_path):
+    """data.synthetic builds the screen of data.synthetic_screen's counts, byte for byte what
+    `cellflux synth` writes with them; a screen made with other counts is refused by name."""
+    from training.data import check_synthetic_screen
+
+    counts = {"batches": 1, "controls_per_batch": 6, "cells_per_perturbation": 3}
+    cfg = load_config("demo", [f"data.root={tmp_path / 'built'}", f"data.synthetic_screen={counts}"])
+    check_synthetic_screen(cfg.data, image_size=16, build=True)
+    make_synthetic_screen(tmp_path / "synth", SyntheticScreenConfig(image_size=16, **counts))
+    built = {p.relative_to(tmp_path / "built"): p.read_bytes() for p in (tmp_path / "built").rglob("*") if p.is_file()}
+    synth = {p.relative_to(tmp_path / "synth"): p.read_bytes() for p in (tmp_path / "synth").rglob("*") if p.is_file()}
+    assert built == synth and len(built) > 3
+    other = load_config("demo", [f"data.root={tmp_path / 'built'}", "data.synthetic_screen.cells_per_perturbation=4"])
+    with pytest.raises(ValueError, match=r"batches 1 \(asked 3\), controls_per_batch 6 \(asked 100\), "
+                                         r"cells_per_perturbation 3 \(asked 4\); point data.root at a new folder"):
+        check_synthetic_screen(other.data, image_size=16, build=True)
+    with pytest.raises(ValueError, match="data.synthetic_screen: cells=3"):
+        load_config("demo", ["data.synthetic_screen.cells=3"])
+
+
 def test_unknown_config_name_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="bbbc021"):
         load_config("nonexistent")

@@ -13,6 +13,7 @@ import yaml
 
 from napari_cellflux.core.flow import TIME_MEAN, TIME_STD
 from napari_cellflux.data.dataset import COUPLINGS
+from napari_cellflux.data.synthetic import SYNTHETIC_COUNTS
 from napari_cellflux.errors import InputError
 from napari_cellflux.settings import DEVICES, TRAINING_PRECISIONS, SamplingConfig
 
@@ -25,7 +26,9 @@ class DataConfig:
 
     format: an IMPA convention (bbbc021, rxrx1, cpg0000) or "plain". root: the folder of cell
     files; metadata / embeddings: CSVs, relative to root unless absolute. synthetic: build the
-    default synthetic screen in root first if it is not there (the demo). coupling: how treated
+    synthetic screen in root first if it is not there (the demo), of synthetic_seed and the counts
+    in synthetic_screen (SyntheticScreenConfig's SYNTHETIC_COUNTS; {} = its defaults, as `cellflux
+    synth` with the same options writes it). coupling: how treated
     cells get their controls, "independent" (the paper) or "ot" (minibatch optimal transport
     within each perturbation and batch; napari_cellflux.data.dataset).
     """
@@ -41,9 +44,14 @@ class DataConfig:
     coupling: str = "independent"
     synthetic: bool = False
     synthetic_seed: int = 0
+    synthetic_screen: dict = field(default_factory=dict)
     num_workers: int = 0
 
     def __post_init__(self) -> None:
+        for key, value in self.synthetic_screen.items():
+            if key not in SYNTHETIC_COUNTS or isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"data.synthetic_screen: {key}={value!r} is not a count of the synthetic screen; "
+                                 f"give whole numbers for {', '.join(SYNTHETIC_COUNTS)}")
         if self.coupling not in COUPLINGS:
             raise InputError(f"data.coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
 

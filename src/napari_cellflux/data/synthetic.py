@@ -112,6 +112,10 @@ class Morphology:
         return np.array(values[:channels], dtype=np.float64)
 
 
+# The sizes a screen may be asked for by count (`cellflux synth` options, data.synthetic_screen).
+SYNTHETIC_COUNTS = ("batches", "controls_per_batch", "cells_per_perturbation")
+
+
 @dataclass(frozen=True)
 class SyntheticScreenConfig:
     """Size and content of a synthetic screen; defaults train on a CPU in minutes.
