@@ -158,6 +158,9 @@ def test_the_synthetic_screen_is_built_as_asked_and_a_different_one_is_refused(t
         check_synthetic_screen(other.data, image_size=16, build=True)
     with pytest.raises(ValueError, match="data.synthetic_screen: cells=3"):
         load_config("demo", ["data.synthetic_screen.cells=3"])
+    (tmp_path / "built" / "screen.json").write_text("{")
+    with pytest.raises(ValueError, match=r"screen.json: not valid JSON .*write it again with `cellflux synth`"):
+        check_synthetic_screen(cfg.data, image_size=16, build=True)
 
 
 def test_unknown_config_name_lists_the_known_ones():

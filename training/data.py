@@ -3,7 +3,6 @@ and batch them in an order fixed by (seed, epoch) so a resumed run sees the same
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.screens import OptionNames, read_screen_table, under
-from napari_cellflux.data.synthetic import SYNTHETIC_COUNTS
+from napari_cellflux.data.synthetic import (
+    SCREEN_INFO,
+    SYNTHETIC_COUNTS,
+    SyntheticScreenConfig,
+    make_synthetic_screen,
+    screen_info,
+)
 from napari_cellflux.errors import InputError
 from napari_cellflux.models.channels import Channel, default_channels
 from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
@@ -82,20 +87,18 @@ class TrainingData:
 def check_synthetic_screen(cfg: DataConfig, *, image_size: int, build: bool) -> None:
     """Build the synthetic screen ``cfg`` asks for in ``cfg.root`` if it is missing (``build``), and
     refuse a screen there that was made with other settings: it would train another model silently."""
-    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
-
     root = Path(cfg.root)
     asked = SyntheticScreenConfig(seed=cfg.synthetic_seed, image_size=image_size, **cfg.synthetic_screen)
     if build and not under(root, cfg.metadata).is_file():
         make_synthetic_screen(root, asked)
-    info = root / "screen.json"
-    if not info.is_file():
-        return  # another rank is building it, or it is not a synthetic screen (read_screen_table names what is missing)
-    found = json.loads(info.read_text()).get("config", {})
+    info = screen_info(root)
+    if info is None:
+        return  # not a synthetic screen: read_screen_table names what is missing
+    found = info.get("config", {})
     keys = ("seed", "image_size", *SYNTHETIC_COUNTS)
     differ = [f"{k} {found.get(k)} (asked {getattr(asked, k)})" for k in keys if found.get(k) != getattr(asked, k)]
     if differ:
-        raise InputError(f"{info}: the synthetic screen in data.root was made with {', '.join(differ)}; "
+        raise InputError(f"{root / SCREEN_INFO}: the synthetic screen in data.root was made with {', '.join(differ)}; "
                          "point data.root at a new folder (it is built there) or match data.synthetic_seed / "
                          "data.synthetic_screen to it")
 

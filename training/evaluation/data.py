@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 from napari_cellflux.data.cells import CellTable, load_cell
 from napari_cellflux.data.dataset import draw_controls, same_batch_controls
 from napari_cellflux.data.screens import OptionNames, read_screen_table
+from napari_cellflux.data.synthetic import screen_info
 from napari_cellflux.errors import InputError
 
 OPTION_NAMES = OptionNames(root="--data", format="--format", metadata="--metadata")
@@ -38,7 +38,7 @@ def load_eval_data(root: str | Path, data_format: str | None = None, metadata: s
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root} is not a folder; pass the folder holding the screen's cells and CSV")
     table, data_format, csv = read_screen_table(root, data_format, metadata, names=OPTION_NAMES)
-    truth = json.loads((root / "screen.json").read_text()) if (root / "screen.json").is_file() else None
+    truth = screen_info(root)
     shape = load_cell(table.cells["path"].iloc[0]).shape
     return EvalData(table=table, format=data_format, moa=_moa_labels(table, csv, data_format), truth=truth, shape=shape)
 

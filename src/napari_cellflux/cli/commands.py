@@ -186,9 +186,14 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen, read_synthetic_screen
+    from napari_cellflux.data.synthetic import (
+        SYNTHETIC_COUNTS,
+        SyntheticScreenConfig,
+        make_synthetic_screen,
+        read_synthetic_screen,
+    )
 
-    options = ("seed", "image_size", "channels", "batches", "controls_per_batch", "cells_per_perturbation")
+    options = ("seed", "image_size", "channels", *SYNTHETIC_COUNTS)
     config = SyntheticScreenConfig(**{k: getattr(args, k) for k in options if getattr(args, k) is not None})
     screen = read_synthetic_screen(make_synthetic_screen(args.out, config))
     seen = [p for p in screen.table.perturbations if p not in screen.held_out]

@@ -114,6 +114,7 @@ class Morphology:
 
 # The sizes a screen may be asked for by count (`cellflux synth` options, data.synthetic_screen).
 SYNTHETIC_COUNTS = ("batches", "controls_per_batch", "cells_per_perturbation")
+SCREEN_INFO = "screen.json"  # a synthetic screen's config, channel names and designed effects
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,23 @@ def _write_screen(out: Path, config: SyntheticScreenConfig) -> None:
     atomic_write_text(out / "emb_fp.csv", embedding.to_csv(float_format="%g"))
     truth = _ground_truth(metadata, plan.params, plan.gains[batch_of], plan.offsets[batch_of], config.channels)
     atomic_write_text(out / "ground_truth.csv", truth.to_csv(index=False, float_format="%.6g"))
-    atomic_write_text(out / "screen.json", json.dumps(_describe(config, plan.gains, plan.offsets), indent=2, sort_keys=True))
+    atomic_write_text(out / SCREEN_INFO, json.dumps(_describe(config, plan.gains, plan.offsets), indent=2, sort_keys=True))
+
+
+def screen_info(root: str | Path) -> dict | None:
+    """The ``screen.json`` of a synthetic screen folder (config, channel names, designed effects),
+    None where the folder has none; a damaged one is an InputError naming it."""
+    path = Path(root) / SCREEN_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err}); the synthetic screen is damaged: write it again with "
+                         "`cellflux synth` into a new folder") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{path}: not a synthetic screen's description; write it again with `cellflux synth`")
+    return info
 
 
 def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
@@ -304,10 +321,9 @@ def read_synthetic_screen(path: str | Path) -> SyntheticScreen:
     from napari_cellflux.models.vocabulary import Vocabulary, read_embedding_csv
 
     root = Path(path)
-    info_path = root / "screen.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} is missing; {root} is not a synthetic screen (run `cellflux synth`)")
-    info = json.loads(info_path.read_text())
+    info = screen_info(root)
+    if info is None:
+        raise FileNotFoundError(f"{root / SCREEN_INFO} is missing; {root} is not a synthetic screen (run `cellflux synth`)")
     table = read_impa(root / "metadata.csv", root, "bbbc021", channels=info["config"]["channels"])
     embedded = read_embedding_csv(root / "emb_fp.csv", kind="compound", control=CONTROL_NAME)
     vocabulary = Vocabulary(

@@ -149,11 +149,12 @@ def real_channel_names(root: Path, data_format: str, count: int) -> tuple[str, .
     recorded in extraction.json (the same for every field), else the published screen's stains for
     an IMPA layout, else generic names (which name no DNA channel: --channels is needed)."""
     from napari_cellflux.data.extract import RECORD_NAME
+    from napari_cellflux.data.synthetic import screen_info
     from napari_cellflux.models.channels import DATASET_CHANNELS, default_channels
 
-    info = root / "screen.json"
-    if info.is_file():
-        names = json.loads(info.read_text()).get("channel_names")
+    info = screen_info(root)
+    if info is not None:
+        names = info.get("channel_names")
         if names and len(names) == count:
             return tuple(names)
     record = root / RECORD_NAME
