@@ -174,3 +174,14 @@ def test_cli_synth_and_extract(tmp_path, field, capsys):
     assert main(["extract", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x"),
                  "--perturbation", "DMSO", "--batch", "p1"]) == 2
     assert "missing.tif does not exist" in capsys.readouterr().err
+
+
+def test_a_damaged_extraction_record_stops_extract_before_it_writes(tmp_path, field, capsys):
+    image, out = tmp_path / "field.tif", tmp_path / "cells"
+    tifffile.imwrite(image, field.image, photometric="minisblack")
+    out.mkdir()
+    (out / "extraction.json").write_text('{"A01": {"cells": 3')  # cut short, as by a full disk
+    assert main(["extract", str(image), "--out", str(out), "--perturbation", "DMSO", "--batch", "p1", "--control"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "extraction.json: not valid JSON" in err[0] and "extract them again into a new folder" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["extraction.json"]

@@ -133,6 +133,7 @@ def test_existing_run_needs_resume_and_missing_state_is_reported(screen, tmp_pat
         ("optim.learning_rate=1", "unknown keys ['learning_rate']"),
         ("colour=red", "unknown keys ['colour']"),
         ("optim", "must look like section.key=value"),
+        ("optim.clean_time_std=0", "optim.clean_time_std must be > 0, got 0"),
     ],
 )
 def test_bad_config_is_a_clear_error(override, message):
@@ -204,17 +205,20 @@ def test_training_times_follow_the_configured_distribution(time_mean):
     assert abs(torch.log(1 / t - 1).std().item() - 0.5) < 0.03
 
 
-@pytest.mark.parametrize("noise_prob, clean_median", [(0.0, 0.5), (1.0, 1 / (1 + math.exp(-1.2)))])
-def test_clean_batches_take_their_own_time_mean(noise_prob, clean_median):
-    """optim.clean_time_mean sets the times of batches whose sources stay clean (morph's regime);
-    noisy batches keep optim.time_mean (-1.2 here)."""
-    cfg = load_config("demo", [f"optim.noise_prob={noise_prob}", "optim.clean_time_mean=0", "optim.time_std=0.5"])
+@pytest.mark.parametrize("noise_prob, median, std", [(0.0, 0.5, 1.5), (1.0, 1 / (1 + math.exp(-1.2)), 0.5)])
+def test_clean_batches_take_their_own_time_mean_and_std(noise_prob, median, std):
+    """optim.clean_time_mean / clean_time_std set the times of batches whose sources stay clean
+    (morph's regime); noisy batches keep optim.time_mean / time_std (-1.2 / 0.5 here)."""
+    cfg = load_config("demo", [f"optim.noise_prob={noise_prob}", "optim.clean_time_mean=0", "optim.clean_time_std=1.5",
+                               "optim.time_std=0.5"])
     recorder, n = TimeRecorder(), 4000
     batch = {"control": torch.zeros(n, 3, 4, 4), "target": torch.ones(n, 3, 4, 4),
              "perturbation": torch.zeros(n, dtype=torch.long)}
     torch.manual_seed(0)
     training_step(recorder, batch, torch.zeros(1, 8), cfg, torch.device("cpu"), None)
-    assert abs(recorder.times[0].median().item() - clean_median) < 0.02
+    t = recorder.times[0]
+    assert abs(t.median().item() - median) < 0.02
+    assert abs(torch.log(1 / t - 1).std().item() - std) < 0.05
 
 
 @pytest.mark.slow

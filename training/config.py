@@ -86,9 +86,11 @@ class OptimConfig:
     # paper's -1.2 puts the median at t ~ 0.77, near the perturbed end.
     time_mean: float = TIME_MEAN
     time_std: float = TIME_STD
-    # The mean for batches whose sources stay clean (the other 1 - noise_prob: the regime `morph`
-    # generates in); None = time_mean. On the demo, 0 lost shapes in both modes (docs/modes.md).
+    # The mean and std for batches whose sources stay clean (the other 1 - noise_prob: the regime
+    # `morph` generates in); None = time_mean / time_std. On the demo, mean 0 lost shapes in both
+    # modes (docs/modes.md).
     clean_time_mean: float | None = None
+    clean_time_std: float | None = None
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -103,8 +105,9 @@ class OptimConfig:
                 raise InputError(f"optim.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.ema_max_decay < 1.0 or self.noise_level < 0 or self.weight_decay < 0:
             raise InputError("optim.ema_max_decay must be in [0, 1), optim.noise_level and optim.weight_decay >= 0")
-        if not self.time_std > 0:
-            raise InputError(f"optim.time_std must be > 0, got {self.time_std}")
+        for name in ("time_std", "clean_time_std"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise InputError(f"optim.{name} must be > 0, got {getattr(self, name)}")
         if self.precision not in TRAINING_PRECISIONS:
             raise InputError(f"optim.precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {self.precision!r}")
 

@@ -80,7 +80,8 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     keep = 0.0 if torch.rand(()) < o.class_drop_prob else 1.0
     cond_mask = torch.full((n,), keep, device=device)
     mean = o.time_mean if noisy or o.clean_time_mean is None else o.clean_time_mean
-    t = sample_t_skewed(n, mean=mean, std=o.time_std).to(device)
+    std = o.time_std if noisy or o.clean_time_std is None else o.clean_time_std
+    t = sample_t_skewed(n, mean=mean, std=std).to(device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
     return flow_matching_loss(predicted.float(), x0, x1)

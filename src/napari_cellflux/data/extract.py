@@ -264,6 +264,7 @@ def write_fields(
     full = [p for p in parts if len(p.cells.crops)]
     if not full:
         raise InputError(f"{prefix}: no cells to write")
+    records = extraction_records(out_dir)  # before any crop is written: a damaged record stops the run here
 
     def per_crop(value) -> list:
         return [v for p in full for v in [value(p)] * len(p.cells.crops)]
@@ -289,9 +290,24 @@ def write_fields(
         },
     )
     record_path = Path(out_dir) / RECORD_NAME
-    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
     fields = [p.record() for p in parts]
     entry = fields[0] if len(fields) == 1 else {"cells": sum(f["cells"] for f in fields), "fields": fields}
     records[prefix] = {**entry, "channels": list(channels), "config": None if config is None else asdict(config)}
     atomic_write_text(record_path, json.dumps(records, indent=2, sort_keys=True))
     return csv_path
+
+
+def extraction_records(out_dir: str | Path) -> dict:
+    """The ``extraction.json`` of a folder of extracted cells (one entry per prefix), {} where the
+    folder has none; a damaged one is an InputError naming it."""
+    path = Path(out_dir) / RECORD_NAME
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err}); it records how the cells beside it were extracted: "
+                         "extract them again into a new folder") from None
+    if not isinstance(records, dict) or not all(isinstance(v, dict) for v in records.values()):
+        raise InputError(f"{path}: not a record written by `cellflux extract`; extract the cells again into a new folder")
+    return records

@@ -10,7 +10,6 @@ pool's SHA-256 in the manifest). Real crops (``cells.csv``, the plain format, or
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +147,7 @@ def real_channel_names(root: Path, data_format: str, count: int) -> tuple[str, .
     """Channel names of real crops: a synthetic screen's screen.json, or the names `cellflux extract`
     recorded in extraction.json (the same for every field), else the published screen's stains for
     an IMPA layout, else generic names (which name no DNA channel: --channels is needed)."""
-    from napari_cellflux.data.extract import RECORD_NAME
+    from napari_cellflux.data.extract import extraction_records
     from napari_cellflux.data.synthetic import screen_info
     from napari_cellflux.models.channels import DATASET_CHANNELS, default_channels
 
@@ -157,11 +156,9 @@ def real_channel_names(root: Path, data_format: str, count: int) -> tuple[str, .
         names = info.get("channel_names")
         if names and len(names) == count:
             return tuple(names)
-    record = root / RECORD_NAME
-    if record.is_file():
-        recorded = {tuple(field.get("channels") or ()) for field in json.loads(record.read_text()).values()}
-        if len(recorded) == 1 and len(names := recorded.pop()) == count:
-            return names
+    recorded = {tuple(field.get("channels") or ()) for field in extraction_records(root).values()}
+    if len(recorded) == 1 and len(names := recorded.pop()) == count:
+        return names
     known = DATASET_CHANNELS.get(data_format)
     if known and len(known) == count:
         return tuple(c.name for c in known)
