@@ -8,7 +8,11 @@ modes and at several guidances, on one screen, with the real and control cells m
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
 Each model is generated with its own sampler but the given guidance; the screen's test split, seed
 0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
-reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres.
+reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres,
+and so is what each mode does to the test controls under the model's control perturbation (DMSO ->
+DMSO): each effect feature's generated / real ratio, 1 where the controls are left as they are. A
+model trained only on treated targets (the demo) never learnt that null, so this shows what its
+untrained control condition, which the widget and ``--all-perturbations`` screens offer, does.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     control_pixels = load_pixels(data.table, selection.controls, data.shape)
     real, copy = measure(real_pixels), measure(control_pixels)
     real_fibres = M.fibre_coherence(real_pixels)
+    # Each distinct test control once, for the control -> control ratios.
+    own_controls = load_pixels(data.table, np.unique(selection.controls), data.shape)
+    own_measured = measure(own_controls).morphology
     fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
     rows = []
     for path, model in models.items():
@@ -62,6 +69,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                                kid_subsets=10, seed=seed)
                 effects = designed_effects({mode: {"perturbations": result["perturbations"]}})
                 fibres = M.fibre_coherence(generated)
+                nulls = control_ratios(model, own_controls, own_measured, measure, sampling, mode, seed)
                 share = {f"{e['perturbation']} {e['feature']}": (e["group"], e[f"{mode}_recovered"]) for e in effects}
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
@@ -69,6 +77,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                     "guidance": guidance, "seen": seen,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
+                    "control_to_control": nulls,
                     "fibres_generated_over_real": float(np.mean(
                         [fibres[selection.index(n)].mean() / real_fibres[selection.index(n)].mean() for n in fibrous])),
                 })
@@ -77,16 +86,40 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     return rows
 
 
+def control_ratios(model, controls: np.ndarray, measured, measure, sampling, mode: str, seed: int) -> dict | None:
+    """Each effect feature of ``controls`` (uint8 (N, C, H, W)) carried to the model's control
+    perturbation in ``mode``, as generated mean / the same cells' real mean (``measured``); None
+    when the model names no control."""
+    from napari_cellflux import api
+    from napari_cellflux.settings import SpeedOptions
+    from training import metrics as M
+
+    if model.vocabulary.control is None:
+        return None
+    trajectory = api.generate(model, model.normalization.to_model(controls), model.vocabulary.control, sampling=sampling,
+                              mode=mode, seed=seed, batch_size=64, speed=SpeedOptions(precision="fp32"), final_only=True)
+    generated = measure(model.normalization.to_pixels(trajectory.final)).morphology
+    return {c: float(generated[c].mean() / measured[c].mean()) for c in M.effect_columns(controls.shape[1])}
+
+
 def markdown(rows: list[dict]) -> str:
-    """One table row per model, mode and guidance; one column per seen designed effect."""
+    """Two tables, one row per model, mode and guidance: the shares of the seen designed effects,
+    then the control -> control ratios of every effect feature."""
+    def label(r: dict) -> str:
+        path = Path(r["checkpoint"])
+        return f"| {path.parent.name if path.stem == 'model' else path.stem} | {r['mode']} | {r['guidance']:g} | "
+
     effects = list(rows[0]["seen"])
     lines = ["| model | mode | guidance | " + " | ".join(effects) + " | within 10% | fibres |",
              "|---|---|---|" + "---|" * len(effects) + "---|---|"]
-    for r in rows:
-        path = Path(r["checkpoint"])
-        lines.append(f"| {path.parent.name if path.stem == 'model' else path.stem} | {r['mode']} | {r['guidance']:g} | "
-                     + " | ".join(f"{r['seen'][e]:.0%}" for e in effects)
-                     + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f} |")
+    lines += [label(r) + " | ".join(f"{r['seen'][e]:.0%}" for e in effects)
+              + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f} |" for r in rows]
+    features = next((list(r["control_to_control"]) for r in rows if r["control_to_control"]), [])
+    if features:
+        lines += ["", "| model | mode | guidance | control -> control: " + " | ".join(features) + " |",
+                  "|---|---|---|" + "---|" * len(features)]
+        lines += [label(r) + " | ".join("–" if not r["control_to_control"] else f"{r['control_to_control'][f]:.3f}" for f in features) + " |"
+                  for r in rows]
     return "\n".join(lines)
 
 

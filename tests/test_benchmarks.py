@@ -148,4 +148,34 @@ def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
         assert row["seen"] | row["unseen"] == pytest.approx(expected)
         assert "colchicine cell_elongation" in row["seen"] and "nocodazole texture_c1" in row["unseen"]
         assert row["within"] == sum(abs(v - 1) <= 0.1 for v in row["seen"].values())
-    assert markdown(rows).count("\n| demo | ") == 2  # a row per mode, named for the model file
+    assert markdown(rows).count("\n| demo | ") == 4  # a row per mode in each table, named for the model file
+
+
+def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_path):
+    """The control -> control ratios: 1 for every feature where the flow leaves the controls as
+    they are (a zero velocity in morph keeps every pixel), not 1 where the noised start stays in."""
+    import torch
+
+    from benchmarks.modes import DEMO
+    from benchmarks.recipes import markdown, score_models
+    from napari_cellflux import api
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+    from napari_cellflux.models.model_file import save_model
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=8))
+    still = api.load_model(DEMO, device="cpu")
+    with torch.no_grad():
+        for p in still.unet.out[-1].parameters():
+            p.zero_()  # the velocity is 0 everywhere
+    save_model(still, tmp_path / "still.safetensors")
+    rows = score_models([str(DEMO), str(tmp_path / "still.safetensors")], screen, guidances=[0.0])
+    by = {(r["checkpoint"].endswith("still.safetensors"), r["mode"]): r["control_to_control"] for r in rows}
+    features = {"nuclear_area", "cell_elongation", "texture_c1", "intensity_c0", "intensity_c1", "intensity_c2"}
+    assert all(set(ratios) == features for ratios in by.values())
+    assert by[True, "morph"] == pytest.approx(dict.fromkeys(features, 1.0), abs=1e-12)
+    # sample's start is control + 0.5 x noise; a still flow leaves that noise in the cells
+    assert by[True, "sample"]["texture_c1"] > 1.2
+    # the trained demo draws clean cells from that start: far nearer the controls' texture
+    assert abs(by[False, "sample"]["texture_c1"] - 1) < abs(by[True, "sample"]["texture_c1"] - 1)
+    assert "control -> control: nuclear_area" in markdown(rows)
