@@ -53,9 +53,9 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     control_pixels = load_pixels(data.table, selection.controls, data.shape)
     real, copy = measure(real_pixels), measure(control_pixels)
     real_fibres = M.fibre_coherence(real_pixels)
-    # Each distinct test control once, for the control -> control ratios.
-    own_controls = load_pixels(data.table, np.unique(selection.controls), data.shape)
-    own_measured = measure(own_controls).morphology
+    # Each distinct test control once, for the control -> control ratios (already loaded and measured).
+    _, first = np.unique(selection.controls, return_index=True)
+    own_controls, own_measured = control_pixels[first], copy.morphology.iloc[first]
     fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
     rows = []
     for path, model in models.items():
