@@ -188,6 +188,38 @@ def test_ot_coupling_refuses_a_random_control(tmp_path):
         pairs[0]
 
 
+# --- control targets (control -> control pairs) ------------------------------------------------
+
+
+@pytest.mark.parametrize("coupling", ["independent", "ot"])
+def test_control_targets_add_control_to_control_pairs_under_the_control_name(tmp_path, coupling):
+    tree = write_impa_tree(tmp_path, controls=12, treated={"drugA": 6, "drugB": 5}, test_every=100)
+    table, vocabulary = read_impa(tree.csv), toy_vocabulary()
+    options = {"split": None, "dequantize": False, "flip_prob": 0.0, "coupling": coupling, "seed": 0}
+    plain = CellPairDataset(table, vocabulary, PairingConfig(**options))
+    pairs = CellPairDataset(table, vocabulary, PairingConfig(**options, control_targets=0.25))
+    treated = len(plain)  # 22: 11 treated cells in each of two batches
+    assert len(pairs) == treated + round(treated / 3)  # a quarter of all items
+    np.testing.assert_array_equal(pairs.targets[:treated], plain.targets)
+    extra = pairs.targets[treated:]
+    cells = pairs.table.cells
+    assert cells["is_control"].to_numpy()[extra].all()
+    assert len(set(extra.tolist())) == len(extra)  # fewer than the 24 controls: none repeated
+    assert set(cells["batch"].to_numpy()[extra]) == {"P1", "P2"}  # spread over the screen's controls
+    assert (pairs.perturbation_index[treated:] == vocabulary.index("DMSO")).all()
+    controls = pairs.coupled_controls(np.random.default_rng(0)) if coupling == "ot" else None
+    for i in range(treated, len(pairs)):
+        item = pairs.item(i, torch.Generator().manual_seed(i), None if controls is None else int(controls[i]))
+        assert item["perturbation"] == vocabulary.index("DMSO")
+        assert cells["is_control"].iloc[item["control_id"]]
+        assert cells["batch"].iloc[item["control_id"]] == item["batch"]
+
+
+def test_control_targets_outside_zero_to_one_are_refused():
+    with pytest.raises(ValueError, match=r"control_targets is a share of the training items, in \[0, 1\); got 1.0"):
+        PairingConfig(control_targets=1.0)
+
+
 def test_unknown_coupling_is_an_error():
     with pytest.raises(ValueError, match="coupling must be one of independent, ot"):
         PairingConfig(coupling="exact")

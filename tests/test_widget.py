@@ -79,6 +79,9 @@ def test_generate_from_sample_controls_then_slide_and_export(viewer_and_widget, 
     assert [layer.name for layer in samples] == [f"control cells [{c}]" for c in CHANNELS]
     load(qtbot, widget, model_file)
     assert "3 channels (DNA, cytoskeleton, cytoplasm); 32 x 32 px crops;" in widget.model.info.text()
+    tips = {widget.perturbation.names.item(i).text(): widget.perturbation.names.item(i).toolTip()
+            for i in range(widget.perturbation.names.count())}
+    assert tips.pop("DMSO").startswith("The control (untreated)") and not any(tips.values())
     widget.perturbation.search.setText("COL")
     listed = [widget.perturbation.names.item(i).text() for i in range(widget.perturbation.names.count())]
     assert listed[0] == "colchicine" and "PP-2" not in listed

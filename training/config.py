@@ -30,7 +30,8 @@ class DataConfig:
     in synthetic_screen (SyntheticScreenConfig's SYNTHETIC_COUNTS; {} = its defaults, as `cellflux
     synth` with the same options writes it). coupling: how treated
     cells get their controls, "independent" (the paper) or "ot" (minibatch optimal transport
-    within each perturbation and batch; napari_cellflux.data.dataset).
+    within each perturbation and batch; napari_cellflux.data.dataset). control_targets: the share
+    of training pairs that are control -> control under the control's name (0: the paper).
     """
 
     root: str = "data"
@@ -42,6 +43,7 @@ class DataConfig:
     held_out: list[str] = field(default_factory=list)
     flip_prob: float = 0.3
     coupling: str = "independent"
+    control_targets: float = 0.0
     synthetic: bool = False
     synthetic_seed: int = 0
     synthetic_screen: dict = field(default_factory=dict)

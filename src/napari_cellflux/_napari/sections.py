@@ -247,6 +247,12 @@ def is_synthetic(model: "CellFluxModel", source: str) -> bool:
     return source == "demo" or bool(isinstance(data, dict) and data.get("synthetic"))
 
 
+# The control is listed like any perturbation; generating it is the baseline to read a treated
+# column against, and shows any change the model makes to untreated cells (docs/modes.md).
+CONTROL_TIP = ("The control (untreated): generate it beside a perturbation as the baseline; "
+               "whatever it changes in the cells is the model's own drift, not an effect")
+
+
 class PerturbationBox(QGroupBox):
     """A searchable list of the model's perturbations; for compound models also a SMILES field."""
 
@@ -282,6 +288,9 @@ class PerturbationBox(QGroupBox):
         current = self.chosen()
         self.names.clear()
         self.names.addItems(self._vocabulary.search(text))
+        control = self._vocabulary.control
+        for item in self.names.findItems(control, Qt.MatchFlag.MatchExactly) if control else []:
+            item.setToolTip(CONTROL_TIP)
         if current:
             self.choose(current)
 

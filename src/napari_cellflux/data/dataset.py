@@ -88,6 +88,9 @@ class PairingConfig:
         With the "ot" coupling the pair is flipped together, as it was matched.
     coupling: "independent" (the paper: any control of the batch) or "ot" (see
         :meth:`CellPairDataset.coupled_controls`).
+    control_targets: the share of items whose target is a control cell too (control -> control
+        under the control's own name, e.g. DMSO), so that a model learns to leave controls as
+        they are; 0 is the paper (treated targets only).
     seed: seeds the draws (controls, dequantisation noise, flips); None follows torch's global RNG.
     """
 
@@ -96,17 +99,21 @@ class PairingConfig:
     dequantize: bool = True
     flip_prob: float = 0.3
     coupling: str = "independent"
+    control_targets: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flip_prob <= 1.0:
             raise InputError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        if not 0.0 <= self.control_targets < 1.0:
+            raise InputError(f"control_targets is a share of the training items, in [0, 1); got {self.control_targets}")
         if self.coupling not in COUPLINGS:
             raise InputError(f"coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
 
 
 class CellPairDataset(Dataset):
-    """Treated cells of ``table`` with a batch-matched control drawn at every access.
+    """Treated cells of ``table`` (then, with ``config.control_targets``, some of its control
+    cells) with a batch-matched control drawn at every access.
 
     Item i is a dict: control (C, H, W) float32 in [-1, 1], target (C, H, W) float32 in [-1, 1],
     perturbation (int, row of ``vocabulary``), batch (str), control_id / target_id (int, rows of
@@ -132,6 +139,8 @@ class CellPairDataset(Dataset):
         self.targets = np.flatnonzero(~cells["is_control"].to_numpy())
         if len(self.targets) == 0:
             raise InputError(f"{table.source}: no treated cells in split {config.split!r}; check the split and STATE")
+        if config.control_targets > 0:
+            self.targets = np.concatenate([self.targets, self._control_targets(config.control_targets)])
         self.perturbation_index = self._vocabulary_rows(vocabulary)
         batches = np.unique(cells["batch"].to_numpy()[self.targets])
         # The table is already cut to the split; the split names it in errors.
@@ -195,6 +204,16 @@ class CellPairDataset(Dataset):
             rows, cols = linear_sum_assignment(cost)
             controls[np.asarray(items)[rows]] = drawn[cols]
         return controls
+
+    def _control_targets(self, share: float) -> np.ndarray:
+        """int64: rows of controls to use as targets, spread evenly over the split's controls (every
+        control before any repeats), so many that they are ``share`` of all items."""
+        controls = np.flatnonzero(self.table.cells["is_control"].to_numpy())
+        if len(controls) == 0:
+            raise InputError(f"{self.table.source}: control_targets={share} but split {self.config.split!r} "
+                             "has no control cells; set control_targets to 0")
+        count = round(share / (1.0 - share) * len(self.targets))
+        return controls[(np.arange(count) * len(controls)) // count] if count else controls[:0]
 
     def _feature(self, position: int) -> np.ndarray:
         """float32 (C * OT_GRID**2,): the cell at ``position`` average-pooled, cached (read once)."""
