@@ -215,6 +215,13 @@ def test_control_targets_add_control_to_control_pairs_under_the_control_name(tmp
         assert cells["batch"].iloc[item["control_id"]] == item["batch"]
 
 
+def test_control_targets_need_the_control_in_the_embedding_table(tmp_path):
+    tree = write_impa_tree(tmp_path, controls=4, test_every=100)
+    config = PairingConfig(split=None, control_targets=0.2)
+    with pytest.raises(KeyError, match="perturbation 'DMSO' has no embedding .* or set control_targets to 0"):
+        CellPairDataset(read_impa(tree.csv), toy_vocabulary(names=("drugA", "drugB")), config)
+
+
 def test_control_targets_outside_zero_to_one_are_refused():
     with pytest.raises(ValueError, match=r"control_targets is a share of the training items, in \[0, 1\); got 1.0"):
         PairingConfig(control_targets=1.0)

@@ -252,9 +252,11 @@ class CellPairDataset(Dataset):
                 rows[name] = vocabulary.index(name)
             except KeyError as err:
                 position = int(self.targets[names.tolist().index(name)])
+                fix = ("set control_targets to 0" if self.table.cells["is_control"].iloc[position]
+                       else "list it in held_out")
                 raise UnknownNameError(
                     f"{self.table.where(position)}: perturbation {name!r} has no embedding ({err.args[0]}); "
-                    "add its row to the embedding CSV or list it in held_out"
+                    f"add its row to the embedding CSV or {fix}"
                 ) from None
         return np.array([rows[n] for n in names], dtype=np.int64)
 
