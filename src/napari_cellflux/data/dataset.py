@@ -209,10 +209,8 @@ class CellPairDataset(Dataset):
         """int64: rows of controls to use as targets, spread evenly over the split's controls (every
         control before any repeats), so many that they are ``share`` of all items."""
         controls = np.flatnonzero(self.table.cells["is_control"].to_numpy())
-        if len(controls) == 0:
-            raise InputError(f"{self.table.source}: control_targets={share} but split {self.config.split!r} "
-                             "has no control cells; set control_targets to 0")
-        count = round(share / (1.0 - share) * len(self.targets))
+        # None at all: same_batch_controls then names the batch and the fix, as without control targets.
+        count = round(share / (1.0 - share) * len(self.targets)) if len(controls) else 0
         return controls[(np.arange(count) * len(controls)) // count] if count else controls[:0]
 
     def _feature(self, position: int) -> np.ndarray:
