@@ -3,7 +3,7 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.2 0.35] [--out benchmarks/results/recipes.json]
+        [--guidance 0.2 0.35] [--noise-level L] [--modes sample morph] [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
 Each model is generated with its own sampler but the given guidance; the screen's test split, seed
@@ -36,9 +36,11 @@ RESULTS = Path(__file__).parent / "results" / "recipes.json"
 WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 
 
-def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0) -> list[dict]:
+def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0,
+                 noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES) -> list[dict]:
     """One row per model, mode and guidance: the seen compounds' shares, the unseen ones', and fibre
-    coherence generated / real."""
+    coherence generated / real. ``noise_level`` replaces each model's own for ``sample`` (``morph``
+    starts from the clean controls whatever it is)."""
     from training import metrics as M
     from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
@@ -60,9 +62,10 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     rows = []
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
-        for mode in MODE_NAMES:
+        for mode in modes:
             for guidance in guidances:
-                sampling = model.sampling.with_overrides(guidance=guidance).for_mode(mode)
+                level = {} if noise_level is None else {"noise_level": noise_level}
+                sampling = model.sampling.with_overrides(guidance=guidance, **level).for_mode(mode)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
@@ -74,7 +77,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
-                    "guidance": guidance, "seen": seen,
+                    "guidance": guidance, "noise_level": sampling.noise_level, "seen": seen,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
                     "control_to_control": nulls,
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screen", type=Path, default=Path("runs/modes/screen_5x"),
                    help="synthetic screen to score on (default: the five-times screen of docs/modes.md)")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
+    p.add_argument("--noise-level", type=float, default=None,
+                   help="sample mode's noise level for every model (default: each model's own)")
+    p.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES))
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -138,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--screen {args.screen} is not a folder; write it with cellflux synth "
                                     "(docs/modes.md, On five times as many cells)")
         started = time.perf_counter()
-        rows = score_models(args.checkpoints, args.screen, args.guidance)
+        rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
+                            modes=tuple(args.modes))
         C.write_json(args.out, {
             "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
             "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),

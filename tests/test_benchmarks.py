@@ -179,3 +179,8 @@ def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_
     # the trained demo draws clean cells from that start: far nearer the controls' texture
     assert abs(by[False, "sample"]["texture_c1"] - 1) < abs(by[True, "sample"]["texture_c1"] - 1)
     assert "control -> control: nuclear_area" in markdown(rows)
+    # --noise-level replaces sample's start noise (recorded); a still flow keeps less of it at 0.1
+    quieter = score_models([str(tmp_path / "still.safetensors")], screen, guidances=[0.0], noise_level=0.1,
+                           modes=("sample",))
+    assert [(r["mode"], r["noise_level"]) for r in quieter] == [("sample", 0.1)]
+    assert 1 < quieter[0]["control_to_control"]["texture_c1"] < by[True, "sample"]["texture_c1"]

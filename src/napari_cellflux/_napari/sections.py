@@ -350,7 +350,8 @@ SAMPLING_TIPS = {
     "guidance": "Classifier-free guidance w: v = (1 + w) v(perturbation) - w v(unconditional); 0 = none, "
                 "higher exaggerates the perturbation's effect",
     "noise level": "Sample mode: the start is control + level x Gaussian noise (the paper's 0.5); higher frees the "
-                   "generated cells further from their controls' shapes",
+                   "generated cells further from their controls' shapes. Keep the model's own (the level it was "
+                   "trained with): at another it removes noise that is not there, and fine texture with it",
     "seed": "The random numbers: which synthetic sample cells are drawn and, in sample mode, the noise added; "
             "the same seed gives the same result",
     "number of cells": "How many control cells to carry: the first N of the chosen controls",
