@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
     p.add_argument("--noise-level", type=float, default=None,
                    help="sample mode's noise level for every model (default: each model's own)")
-    p.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES))
+    p.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES),
+                   help="the modes to score (default: both; one per process halves the wall time)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
