@@ -64,8 +64,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
         condition = check_model(model, data, selection, Path(path))
         for mode in modes:
             for guidance in guidances:
-                level = {} if noise_level is None else {"noise_level": noise_level}
-                sampling = model.sampling.with_overrides(guidance=guidance, **level).for_mode(mode)
+                sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level).for_mode(mode)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
