@@ -37,10 +37,11 @@ WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 
 
 def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0,
-                 noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES) -> list[dict]:
+                 noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES,
+                 steps: int | None = None) -> list[dict]:
     """One row per model, mode and guidance: the seen compounds' shares, the unseen ones', and fibre
     coherence generated / real. ``noise_level`` replaces each model's own for ``sample`` (``morph``
-    starts from the clean controls whatever it is)."""
+    starts from the clean controls whatever it is); ``steps`` replaces each model's solver steps."""
     from training import metrics as M
     from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
@@ -64,7 +65,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
         condition = check_model(model, data, selection, Path(path))
         for mode in modes:
             for guidance in guidances:
-                sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level).for_mode(mode)
+                sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level,
+                                                          steps=steps).for_mode(mode)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
@@ -76,7 +78,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
-                    "guidance": guidance, "noise_level": sampling.noise_level, "seen": seen,
+                    "guidance": guidance, "noise_level": sampling.noise_level,
+                    "steps": sampling.steps, "seen": seen,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
                     "control_to_control": nulls,
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
     p.add_argument("--noise-level", type=float, default=None,
                    help="sample mode's noise level for every model (default: each model's own)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="solver steps for every model (default: each model's own; is the sampler the cause?)")
     p.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES),
                    help="the modes to score (default: both; one per process halves the wall time)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "(docs/modes.md, On five times as many cells)")
         started = time.perf_counter()
         rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
-                            modes=tuple(args.modes))
+                            modes=tuple(args.modes), steps=args.steps)
         C.write_json(args.out, {
             "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
             "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),

@@ -184,3 +184,9 @@ def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_
                            modes=("sample",))
     assert [(r["mode"], r["noise_level"]) for r in quieter] == [("sample", 0.1)]
     assert 1 < quieter[0]["control_to_control"]["texture_c1"] < by[True, "sample"]["texture_c1"]
+    # --steps replaces each model's solver steps (recorded); fewer steps move the generated cells
+    assert {r["steps"] for r in rows} == {still.sampling.steps}
+    coarse = score_models([str(DEMO)], screen, guidances=[0.0], modes=("morph",), steps=2)
+    assert coarse[0]["steps"] == 2
+    fine = next(r for r in rows if r["checkpoint"] == str(DEMO) and r["mode"] == "morph")
+    assert coarse[0]["seen"] != fine["seen"]
