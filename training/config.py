@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from napari_cellflux.core.flow import TIME_MEAN, TIME_STD
-from napari_cellflux.data.dataset import COUPLINGS
+from napari_cellflux.data.dataset import PairingConfig
 from napari_cellflux.data.synthetic import SYNTHETIC_COUNTS
 from napari_cellflux.errors import InputError
 from napari_cellflux.settings import DEVICES, TRAINING_PRECISIONS, SamplingConfig
@@ -54,8 +54,10 @@ class DataConfig:
             if key not in SYNTHETIC_COUNTS or isinstance(value, bool) or not isinstance(value, int):
                 raise InputError(f"data.synthetic_screen: {key}={value!r} is not a count of the synthetic screen; "
                                  f"give whole numbers for {', '.join(SYNTHETIC_COUNTS)}")
-        if self.coupling not in COUPLINGS:
-            raise InputError(f"data.coupling must be one of {', '.join(COUPLINGS)}, got {self.coupling!r}")
+        try:  # the dataset's own checks, run now so a bad value stops the run before any work
+            PairingConfig(flip_prob=self.flip_prob, coupling=self.coupling, control_targets=self.control_targets)
+        except InputError as err:
+            raise InputError(f"data.{err}") from None
 
 
 @dataclass
