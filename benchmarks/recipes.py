@@ -3,13 +3,15 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.2 0.35] [--noise-level L] [--modes sample morph] [--out benchmarks/results/recipes.json]
+        [--guidance 0.2 0.35] [--noise-level L] [--steps S] [--modes sample morph] [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
 Each model is generated with its own sampler but the given guidance; the screen's test split, seed
 0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
 reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres,
-and so is what each mode does to the test controls under the model's control perturbation (DMSO ->
+with where those cells' fibres come from (``training.metrics.fibre_origin``: the share of its
+control's own fibre pattern each carries, against the real cells' share, about 0, and the rest
+of its fine detail over the real cells'), and so is what each mode does to the test controls under the model's control perturbation (DMSO ->
 DMSO): each effect feature's generated / real ratio, 1 where the controls are left as they are. A
 model trained only on treated targets (the demo) never learnt that null, so this shows what its
 untrained control condition, which the widget and ``--all-perturbations`` screens offer, does.
@@ -60,6 +62,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     _, first = np.unique(selection.controls, return_index=True)
     own_controls, own_measured = control_pixels[first], copy.morphology.iloc[first]
     fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
+    on_fibres = np.concatenate([selection.index(n) for n in fibrous])
+    real_origin = M.fibre_origin(control_pixels[on_fibres], real_pixels[on_fibres])
     rows = []
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
@@ -73,6 +77,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                                kid_subsets=10, seed=seed)
                 effects = designed_effects({mode: {"perturbations": result["perturbations"]}})
                 fibres = M.fibre_coherence(generated)
+                origin = M.fibre_origin(control_pixels[on_fibres], generated[on_fibres])
                 nulls = control_ratios(model, own_controls, own_measured, measure, sampling, mode, seed)
                 share = {f"{e['perturbation']} {e['feature']}": (e["group"], e[f"{mode}_recovered"]) for e in effects}
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
@@ -85,6 +90,11 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                     "control_to_control": nulls,
                     "fibres_generated_over_real": float(np.mean(
                         [fibres[selection.index(n)].mean() / real_fibres[selection.index(n)].mean() for n in fibrous])),
+                    # the fibrous compounds' cells: how much of its control's fine detail each carries
+                    # (a real treated cell: about 0), and its other detail over the real cells'
+                    "fibres_control_gain": float(origin[:, 0].mean()),
+                    "fibres_control_gain_real": float(real_origin[:, 0].mean()),
+                    "fibres_new_over_real": float(origin[:, 1].mean() / real_origin[:, 1].mean()),
                 })
                 print(f"{path} {mode} guidance {guidance:g}: {rows[-1]['within']} of {len(seen)} within 10%",
                       file=sys.stderr, flush=True)
@@ -115,10 +125,13 @@ def markdown(rows: list[dict]) -> str:
         return f"| {path.parent.name if path.stem == 'model' else path.stem} | {r['mode']} | {r['guidance']:g} | "
 
     effects = list(rows[0]["seen"])
-    lines = ["| model | mode | guidance | " + " | ".join(effects) + " | within 10% | fibres |",
-             "|---|---|---|" + "---|" * len(effects) + "---|---|"]
+    lines = ["| model | mode | guidance | " + " | ".join(effects)
+             + " | within 10% | fibres | control's fibres kept (real) | new fibres |",
+             "|---|---|---|" + "---|" * len(effects) + "---|---|---|---|"]
     lines += [label(r) + " | ".join(f"{r['seen'][e]:.0%}" for e in effects)
-              + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f} |" for r in rows]
+              + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f}"
+              + f" | {r['fibres_control_gain']:.2f} ({r['fibres_control_gain_real']:.2f}) | {r['fibres_new_over_real']:.2f} |"
+              for r in rows]
     features = next((list(r["control_to_control"]) for r in rows if r["control_to_control"]), [])
     if features:
         lines += ["", "| model | mode | guidance | control -> control: " + " | ".join(features) + " |",

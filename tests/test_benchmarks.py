@@ -149,6 +149,12 @@ def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
         assert "colchicine cell_elongation" in row["seen"] and "nocodazole texture_c1" in row["unseen"]
         assert row["within"] == sum(abs(v - 1) <= 0.1 for v in row["seen"].values())
     assert markdown(rows).count("\n| demo | ") == 4  # a row per mode in each table, named for the model file
+    # real treated cells share no fibres with their controls; morph grows each control's own
+    # (alsterpaullone's brighter fibres), sample keeps less of them and draws more of its own
+    by = {r["mode"]: r for r in rows}
+    assert abs(by["morph"]["fibres_control_gain_real"]) < 0.2
+    assert by["morph"]["fibres_control_gain"] > 1 and by["sample"]["fibres_control_gain"] < by["morph"]["fibres_control_gain"]
+    assert by["sample"]["fibres_new_over_real"] > by["morph"]["fibres_new_over_real"] > 0
 
 
 def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_path):

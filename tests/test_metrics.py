@@ -155,6 +155,26 @@ def test_fibre_coherence_tells_parallel_from_crossing_fibres(drawn):
         M.fibre_coherence(pixels[:, :1])
 
 
+def test_fibre_origin_tells_a_control_amplified_from_new_fibres(drawn):
+    pixels, _, names, _ = drawn
+    controls = pixels[names == "DMSO"][:20].astype(np.float64)
+    others = pixels[names == "DMSO"][20:40].astype(np.float64)  # unrelated cells, as real treated cells are
+    brighter = controls.copy()
+    brighter[:, 1] *= 2.5  # each control's own pattern, 2.5 x the contrast
+    amplified = M.fibre_origin(controls, brighter)
+    assert amplified.shape == (20, 2)
+    assert amplified[:, 0] == pytest.approx(2.5, abs=0.05) and (amplified[:, 1] < 0.5).all()
+    unrelated = M.fibre_origin(controls, others)
+    assert abs(unrelated[:, 0].mean()) < 0.2 and unrelated[:, 1].mean() > 5  # grey levels
+    hatched = controls.copy()
+    hatched[:, 1] = controls[:, 1] + others[:, 1]  # the control's fibres kept, new ones drawn across
+    crossed = M.fibre_origin(controls, hatched)
+    assert crossed[:, 0].mean() == pytest.approx(1.0, abs=0.2)
+    assert crossed[:, 1].mean() == pytest.approx(unrelated[:, 1].mean(), rel=0.3)
+    with pytest.raises(ValueError, match="same .N, C, H, W. shape"):
+        M.fibre_origin(controls, others[:5])
+
+
 def test_blank_and_one_channel_cells_measure_without_failing():
     blank = np.full((1, 3, 16, 16), 40, dtype=np.uint8)
     row = M.measure_cells(blank).iloc[0]
