@@ -3,7 +3,8 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.2 0.35] [--noise-level L] [--steps S] [--modes sample morph] [--out benchmarks/results/recipes.json]
+        [--guidance 0.2 0.35] [--noise-level L] [--steps S] [--modes sample morph]
+        [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
 Each model is generated with its own sampler but the given guidance; the screen's test split, seed
@@ -11,8 +12,9 @@ Each model is generated with its own sampler but the given guidance; the screen'
 reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres,
 with where those cells' fibres come from (``training.metrics.fibre_origin``: the share of its
 control's own fibre pattern each carries, against the real cells' share, about 0, and the rest
-of its fine detail over the real cells'), and so is what each mode does to the test controls under the model's control perturbation (DMSO ->
-DMSO): each effect feature's generated / real ratio, 1 where the controls are left as they are. A
+of its fine detail over the real cells'), and so is what each mode does to the test controls under
+the model's control perturbation (DMSO -> DMSO): each effect feature's generated / real ratio, 1
+where the controls are left as they are. A
 model trained only on treated targets (the demo) never learnt that null, so this shows what its
 untrained control condition, which the widget and ``--all-perturbations`` screens offer, does.
 """
@@ -62,7 +64,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     _, first = np.unique(selection.controls, return_index=True)
     own_controls, own_measured = control_pixels[first], copy.morphology.iloc[first]
     fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
-    on_fibres = np.concatenate([selection.index(n) for n in fibrous])
+    on_fibres = np.array([i for n in fibrous for i in selection.index(n)], dtype=int)
     real_origin = M.fibre_origin(control_pixels[on_fibres], real_pixels[on_fibres])
     rows = []
     for path, model in models.items():
