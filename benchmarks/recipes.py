@@ -14,9 +14,9 @@ with where those cells' fibres come from (``training.metrics.fibre_origin``: the
 control's own fibre pattern each carries, against the real cells' share, about 0, and the rest
 of its fine detail over the real cells'), and so is what each mode does to the test controls under
 the model's control perturbation (DMSO -> DMSO): each effect feature's generated / real ratio, 1
-where the controls are left as they are. A
-model trained only on treated targets (the demo) never learnt that null, so this shows what its
-untrained control condition, which the widget and ``--all-perturbations`` screens offer, does.
+where the controls are left as they are. A model trained only on treated targets (the demo) never
+learnt that null, so this shows what its untrained control condition, which the widget and
+``--all-perturbations`` screens offer, does.
 """
 
 from __future__ import annotations

@@ -233,19 +233,25 @@ def fibre_coherence(pixels: np.ndarray, channel: int = 1) -> np.ndarray:
     Scales (blur H/16, tensor window H/32 px) follow the crop, as the synthetic fibres' period does.
     """
     from skimage.feature import structure_tensor
-    from skimage.filters import gaussian
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 4 or not 0 <= channel < pixels.shape[1]:
         raise InputError(f"cells must be (N, C, H, W) with a channel {channel}, got shape {pixels.shape}")
-    size = pixels.shape[-1]
     out = np.empty(len(pixels))
     for i, image in enumerate(pixels[:, channel].astype(np.float64)):
-        smooth = gaussian(image, size / 16)
-        cell = smooth > 0.5 * np.percentile(smooth, 95)
-        rr, rc, cc = (a[cell].sum() for a in structure_tensor(image - smooth, sigma=size / 32, order="rc"))
+        fine, cell = _fine_detail(image)
+        rr, rc, cc = (a[cell].sum() for a in structure_tensor(fine, sigma=image.shape[-1] / 32, order="rc"))
         out[i] = np.sqrt((rr - cc) ** 2 + 4 * rc**2) / max(rr + cc, 1e-12)
     return out
+
+
+def _fine_detail(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (H, W) float image's fine detail (the image minus its blur at H/16, so the cell's outline
+    does not count) and the cell (where the blur exceeds half its 95th percentile)."""
+    from skimage.filters import gaussian
+
+    smooth = gaussian(image, image.shape[-1] / 16)
+    return image - smooth, smooth > 0.5 * np.percentile(smooth, 95)
 
 
 def fibre_origin(controls: np.ndarray, generated: np.ndarray, channel: int = 1) -> np.ndarray:
@@ -260,18 +266,14 @@ def fibre_origin(controls: np.ndarray, generated: np.ndarray, channel: int = 1) 
     pattern, or draws new fibres across it (cross-hatching), shows here where the texture
     readout only sees more or less contrast.
     """
-    from skimage.filters import gaussian
-
     controls, generated = np.asarray(controls), np.asarray(generated)
     if controls.shape != generated.shape or controls.ndim != 4 or not 0 <= channel < controls.shape[1]:
         raise InputError(f"controls and generated cells must be the same (N, C, H, W) shape with a channel {channel}, "
                          f"got {controls.shape} and {generated.shape}")
-    size = controls.shape[-1]
     out = np.empty((len(controls), 2))
     for i, (control, image) in enumerate(zip(controls[:, channel].astype(np.float64), generated[:, channel].astype(np.float64))):
-        smooth = gaussian(image, size / 16)
-        cell = smooth > 0.5 * np.percentile(smooth, 95)
-        own, fine = (control - gaussian(control, size / 16))[cell], (image - smooth)[cell]
+        fine, cell = _fine_detail(image)
+        own, fine = _fine_detail(control)[0][cell], fine[cell]
         gain = float(own @ fine) / max(float(own @ own), 1e-12)
         out[i] = gain, np.std(fine - gain * own)
     return out
