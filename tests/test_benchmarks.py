@@ -196,3 +196,34 @@ def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_
     assert coarse[0]["steps"] == 2
     fine = next(r for r in rows if r["checkpoint"] == str(DEMO) and r["mode"] == "morph")
     assert coarse[0]["seen"] != fine["seen"]
+
+
+def test_fine_detail_measures_each_mode_against_the_real_cells(tmp_path, capsys):
+    """Generated sets come from the real cells' own controls; more pixel noise on cells drawn with
+    a texture-lowering effect weakens their measured effect (colchicine: ratio < 1 rises to 1)."""
+    import json
+
+    from benchmarks import fine_detail
+    from benchmarks.modes import DEMO
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
+    out = tmp_path / "detail.json"
+    assert fine_detail.main(["--checkpoint", str(DEMO), "--screen", str(screen), "--perturbation", "colchicine",
+                             "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    generated = result["generated"]
+    assert set(generated) == {"controls", "real", "morph", "sample", "cells"}
+    assert generated["cells"] == 8  # colchicine's test cells: 20 per batch, 20% test, 2 batches
+    # colchicine dissolves the fibres: less fine detail in the real cells than in their controls
+    assert generated["real"]["fine_detail_std"] < generated["controls"]["fine_detail_std"]
+    for mode in ("morph", "sample"):
+        assert generated[mode]["fine_detail_over_real"] == pytest.approx(
+            generated[mode]["fine_detail_std"] / generated["real"]["fine_detail_std"])
+    noise = result["pixel_noise_alone"]
+    assert noise["1x"]["share_of_1x"] == pytest.approx(1.0)
+    assert noise["1x"]["texture_ratio"] < noise["2x"]["texture_ratio"] < 1
+    assert noise["2x"]["share_of_1x"] < 0.9
+    assert "texture share" in capsys.readouterr().out
+    assert fine_detail.main(["--checkpoint", str(DEMO), "--out", str(tmp_path / "x.txt")]) == 2

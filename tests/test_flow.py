@@ -135,9 +135,11 @@ class _RecordingNetwork:
 
     def __init__(self):
         self.calls = []
+        self.source_noise = []
 
-    def __call__(self, x, t, cond, mask=None):
+    def __call__(self, x, t, cond, mask=None, source_noise=None):
         self.calls.append((x.shape[0], None if t is None else t.clone(), cond, mask))
+        self.source_noise.append(source_noise)
         m = torch.ones(len(x), dtype=x.dtype) if mask is None else mask.to(x.dtype)
         if cond is None:
             m = torch.zeros(len(x), dtype=x.dtype)
@@ -205,3 +207,31 @@ def test_network_velocity_unbatched_is_two_separate_calls():
     out = network_velocity(net, cond, w, batched=False)(x, torch.tensor(0.4, dtype=torch.float64))
     assert [(n, c is cond, c is None, mask) for n, _, c, mask in net.calls] == [(3, True, False, None), (3, False, True, None)]
     torch.testing.assert_close(out, (1 + w) * (2 * x + 0.4) - w * (x + 0.4))
+
+
+@pytest.mark.parametrize("guidance, batched", [(0.0, True), (0.3, True), (0.3, False)])
+def test_network_velocity_gives_every_row_its_source_noise_level(guidance, batched):
+    """source_noise reaches the network as one level per row, in every path (None: not at all)."""
+    net = _RecordingNetwork()
+    x, cond = _pair(3)[0], torch.randn(3, 5)
+    network_velocity(net, cond, guidance, batched=batched, source_noise=0.5)(x, torch.tensor(0.4))
+    assert [level.tolist() for level in net.source_noise] == [[0.5] * n for n, *_ in net.calls]
+    network_velocity(net, cond, guidance, batched=batched)(x, torch.tensor(0.4))
+    assert net.source_noise[-1] is None
+
+
+def test_network_velocity_with_source_noise_matches_two_separate_unet_calls():
+    cfg = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(2,), condition_dim=8, condition_on_source_noise=True)
+    torch.manual_seed(0)
+    unet = UNet(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, cond, t = torch.randn(2, 3, 16, 16, generator=gen), torch.randn(2, 8, generator=gen), torch.tensor(0.6)
+    level = torch.full((2,), 0.5)
+    with torch.no_grad():
+        batched = network_velocity(unet, cond, 0.7, source_noise=0.5)(x, t)
+        separate = guided(lambda x, t: unet(x, t.expand(len(x)), cond, None, level),
+                          lambda x, t: unet(x, t.expand(len(x)), None, None, level), 0.7)(x, t)
+        clean = network_velocity(unet, cond, 0.7, source_noise=0.0)(x, t)
+    torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(batched, clean, atol=1e-4)

@@ -19,6 +19,7 @@ from napari_cellflux.core.unet import (
     preset,
     timestep_embedding,
 )
+from napari_cellflux.errors import InputError
 
 PRESET_NAMES = ("bbbc021", "rxrx1", "cpg0000")
 
@@ -322,3 +323,32 @@ def test_cond_mask_drops_the_condition_of_zero_rows():
         torch.testing.assert_close(mixed[mask == 0], unconditioned[mask == 0], rtol=1e-5, atol=1e-6)
         assert not torch.allclose(conditioned[mask == 0], unconditioned[mask == 0], atol=1e-4)
         torch.testing.assert_close(unet(x, t, cond, torch.ones(4)), conditioned, rtol=0, atol=0)
+
+
+# --- source noise conditioning (not in the published configs) ------------------------------------
+
+
+def test_source_noise_is_added_to_the_time_embedding_and_required():
+    """With condition_on_source_noise, Linear(level) is added to the time embedding (so a level
+    layer with zero weight and bias b acts like adding b to the time MLP's last bias); the level
+    is then required, and a network without the layer refuses one."""
+    cfg = tiny_config(condition_on_source_noise=True)
+    unet = randomize(UNet(cfg), 5).eval()
+    plain = UNet(tiny_config()).eval()
+    x, t, cond = _inputs(cfg)
+    with torch.no_grad():
+        clean, noised = unet(x, t, cond, None, torch.zeros(2)), unet(x, t, cond, None, torch.full((2,), 0.5))
+        assert not torch.allclose(clean, noised, atol=1e-4)
+        bias = torch.randn(cfg.time_embed_dim, generator=torch.Generator().manual_seed(9))
+        unet.source_noise_embed.weight.zero_()
+        unet.source_noise_embed.bias.copy_(bias)
+        with_level = unet(x, t, cond, None, torch.full((2,), 0.5))
+        unet.source_noise_embed.bias.zero_()
+        unet.time_embed[2].bias.add_(bias)
+        torch.testing.assert_close(with_level, unet(x, t, cond, None, torch.zeros(2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="pass source_noise"):
+        unet(x, t, cond)
+    with pytest.raises(InputError, match="without condition_on_source_noise"):
+        plain(x, t, cond, None, torch.zeros(2))
+    assert "source_noise_embed.weight" not in plain.state_dict()
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg

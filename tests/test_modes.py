@@ -73,6 +73,31 @@ def test_morph_starts_from_the_clean_controls_whatever_the_sampling_says(model, 
     np.testing.assert_allclose(result.frame_times, [0, 0.25, 0.5, 0.75, 1])
 
 
+def test_a_source_noise_network_is_told_each_modes_start(cells, tmp_path):
+    """A network built with condition_on_source_noise hears 0 in every morph forward and the
+    sampling noise level in every sample forward, and keeps the option through its model file."""
+    from dataclasses import replace
+
+    from helpers import randomize, tiny_config
+
+    from napari_cellflux.core.unet import UNet
+    from napari_cellflux.models.model_file import load_model_file, save_model
+
+    base = tiny_model()
+    unet = randomize(UNet(tiny_config(condition_dim=base.vocabulary.dim, condition_on_source_noise=True)), 0)
+    path = tmp_path / "flagged.safetensors"
+    save_model(replace(base, unet=unet), path)
+    model = load_model_file(path)
+    assert model.config.condition_on_source_noise
+    heard = []
+    model.unet.register_forward_pre_hook(lambda module, args: heard.append(args[4].unique().tolist()))
+    run(model, cells, "morph")
+    assert heard and all(levels == [0.0] for levels in heard)
+    heard.clear()
+    run(model, cells, "sample")
+    assert heard and all(levels == [FAST.noise_level] for levels in heard)
+
+
 def test_the_morph_is_continuous_in_t(model, cells):
     coarse = step_changes(run(model, cells, "morph", FAST.with_overrides(steps=8)).frames)
     fine_result = run(model, cells, "morph", FAST.with_overrides(steps=16))

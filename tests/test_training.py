@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from napari_cellflux import api
+from napari_cellflux.core.unet import UNetConfig
 from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 from napari_cellflux.settings import SamplingConfig
 from training.config import load_config
@@ -180,14 +181,17 @@ def test_paper_configs_hold_the_paper_hyper_parameters():
 
 
 class TimeRecorder(torch.nn.Module):
-    """Stands in for the UNet and keeps the training times it is asked about."""
+    """Stands in for the UNet and keeps the training times and source noise levels it is asked about."""
 
-    def __init__(self):
+    def __init__(self, condition_on_source_noise: bool = False):
         super().__init__()
+        self.config = UNetConfig(condition_on_source_noise=condition_on_source_noise)
         self.times: list[torch.Tensor] = []
+        self.source_noise: list[torch.Tensor | None] = []
 
-    def forward(self, x, t, cond, cond_mask):
+    def forward(self, x, t, cond, cond_mask, source_noise=None):
         self.times.append(t)
+        self.source_noise.append(source_noise)
         return torch.zeros_like(x)
 
 
@@ -219,6 +223,23 @@ def test_clean_batches_take_their_own_time_mean_and_std(noise_prob, median, std)
     t = recorder.times[0]
     assert abs(t.median().item() - median) < 0.02
     assert abs(torch.log(1 / t - 1).std().item() - std) < 0.05
+
+
+@pytest.mark.parametrize("condition_on_source_noise", [False, True])
+@pytest.mark.parametrize("noise_prob", [0.0, 1.0])
+def test_training_tells_a_source_noise_network_its_batch_noise_level(noise_prob, condition_on_source_noise):
+    """A network built with condition_on_source_noise is told optim.noise_level for noised batches
+    and 0 for clean ones; any other network is told nothing."""
+    cfg = load_config("demo", [f"optim.noise_prob={noise_prob}", "optim.noise_level=0.3"])
+    recorder, n = TimeRecorder(condition_on_source_noise), 8
+    batch = {"control": torch.zeros(n, 3, 4, 4), "target": torch.ones(n, 3, 4, 4),
+             "perturbation": torch.zeros(n, dtype=torch.long)}
+    training_step(recorder, batch, torch.zeros(1, 8), cfg, torch.device("cpu"), None)
+    levels = recorder.source_noise[0]
+    if not condition_on_source_noise:
+        assert levels is None
+    else:
+        assert torch.equal(levels, torch.full((n,), 0.3 * noise_prob))
 
 
 @pytest.mark.slow

@@ -82,8 +82,11 @@ def training_step(unet, batch: dict, embeddings: torch.Tensor, cfg: TrainConfig,
     mean = o.time_mean if noisy or o.clean_time_mean is None else o.clean_time_mean
     std = o.time_std if noisy or o.clean_time_std is None else o.clean_time_std
     t = sample_t_skewed(n, mean=mean, std=std).to(device)
+    source_noise = None
+    if getattr(unet, "module", unet).config.condition_on_source_noise:  # DDP wraps the UNet in .module
+        source_noise = torch.full((n,), o.noise_level if noisy else 0.0, device=device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        predicted = unet(x_t(x0, x1, t), t, cond, cond_mask)
+        predicted = unet(x_t(x0, x1, t), t, cond, cond_mask, source_noise)
     return flow_matching_loss(predicted.float(), x0, x1)
 
 

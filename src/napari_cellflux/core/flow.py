@@ -72,25 +72,32 @@ def guided(conditional: Velocity, unconditional: Velocity, guidance: float) -> V
     return lambda x, t: guidance_mix(conditional(x, t), unconditional(x, t), guidance)
 
 
-def network_velocity(network, cond: torch.Tensor | None, guidance: float = 0.0, *, batched: bool = True) -> Velocity:
-    """The sampling velocity of ``network(x, t, cond, cond_mask)`` for a (N, D) condition.
+def network_velocity(
+    network, cond: torch.Tensor | None, guidance: float = 0.0, *, batched: bool = True, source_noise: float | None = None
+) -> Velocity:
+    """The sampling velocity of ``network(x, t, cond, cond_mask, source_noise)`` for a (N, D) condition.
 
     With guidance, the conditional and unconditional halves run as one batch of 2N: one
     forward per evaluation instead of two, same result. ``batched=False`` runs them as two
     forwards (the authors' way; the reference the batched path is tested against).
+    ``source_noise``: the noise level of x_init, for a network that conditions on it (else None).
     """
+    def levels(x: torch.Tensor) -> torch.Tensor | None:
+        return None if source_noise is None else torch.full((len(x),), float(source_noise), device=x.device)
+
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return network(x, t.expand(len(x)), cond)
+        return network(x, t.expand(len(x)), cond, None, levels(x))
 
     if cond is None or guidance == 0:
         return velocity
     if not batched:
-        return guided(velocity, lambda x, t: network(x, t.expand(len(x)), None), guidance)
+        return guided(velocity, lambda x, t: network(x, t.expand(len(x)), None, None, levels(x)), guidance)
     mask = torch.cat([torch.ones(len(cond)), torch.zeros(len(cond))]).to(cond.device)
     both = torch.cat([cond, cond])
 
     def one_forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v_cond, v_uncond = network(torch.cat([x, x]), t.expand(2 * len(x)), both, mask).chunk(2)
+        doubled = torch.cat([x, x])
+        v_cond, v_uncond = network(doubled, t.expand(2 * len(x)), both, mask, levels(doubled)).chunk(2)
         return guidance_mix(v_cond, v_uncond, guidance)
 
     return one_forward

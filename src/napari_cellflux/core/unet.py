@@ -3,8 +3,9 @@
 One config dataclass, one module tree. Parameter names follow the authors' checkpoints
 (``input_blocks.1.0.in_layers.2.weight`` ...) so published weights load without renaming.
 
-Shapes: ``x`` (N, C, H, W) in [-1, 1], ``t`` (N,) in [0, 1], ``cond`` (N, condition_dim);
-the output is a velocity with the shape of ``x``.
+Shapes: ``x`` (N, C, H, W) in [-1, 1], ``t`` (N,) in [0, 1], ``cond`` (N, condition_dim),
+``source_noise`` (N,) (only for a network built with ``condition_on_source_noise``); the output
+is a velocity with the shape of ``x``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class UNetConfig:
     condition_dim: int = 1024
     # Not in the published configs (ADM fixes 32); fewer groups allow the narrow CPU demo.
     norm_groups: int = 32
+    # Not in the published configs: tell the network the noise level its source state started
+    # with (0 in morph, the training noise level in sample). Late on the path the two starts
+    # look alike, yet morph must scale its control's fibres where sample must draw new ones.
+    condition_on_source_noise: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -258,6 +263,8 @@ class UNet(nn.Module):
         emb_dim = cfg.time_embed_dim
         self.mol_embed_transform = nn.Linear(cfg.condition_dim, emb_dim)
         self.time_embed = nn.Sequential(nn.Linear(cfg.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.condition_on_source_noise:
+            self.source_noise_embed = nn.Linear(1, emb_dim)
 
         ch = cfg.widths[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
@@ -293,16 +300,25 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm(ch, cfg), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, cond_mask: torch.Tensor | None = None,
+        source_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (N, C, H, W), t (N,) or scalar in [0, 1], cond (N, condition_dim) or None -> (N, C, H, W).
 
         cond_mask (N,) of 0/1 drops the condition of the rows that hold 0, so conditional and
         unconditional evaluations share one batch (classifier-free guidance in one forward).
+        source_noise (N,): the noise level of each row's source state; required by, and only by,
+        a network built with ``condition_on_source_noise``.
         """
         if t.dim() == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if self.config.condition_on_source_noise:
+            if source_noise is None:
+                raise InputError("this network conditions on its source's noise level: pass source_noise (N,)")
+            emb = emb + self.source_noise_embed(source_noise.to(emb.dtype)[:, None])
+        elif source_noise is not None:
+            raise InputError("this network was built without condition_on_source_noise: pass no source_noise")
         if cond is not None:
             cond_emb = self.mol_embed_transform(cond.to(emb.dtype))
             # Multiplying by exactly 0 adds exactly nothing: the unconditional rows match cond=None.

@@ -178,12 +178,14 @@ def generate(
         if cancel is not None and cancel():
             raise GenerationCancelled(f"generation cancelled after {done} of {total} steps")
 
+    source_noise = sampling.noise_level if model.config.condition_on_source_noise else None
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             control = x[start:start + batch_size].to(device)
             c = None if cond is None else cond.to(device).expand(len(control), -1)
-            velocity = network_velocity(network, c, sampling.guidance, batched=speed.batch_guidance)
+            velocity = network_velocity(network, c, sampling.guidance, batched=speed.batch_guidance,
+                                        source_noise=source_noise)
             start_state = x_init(control, noise[start:start + batch_size].to(device), sampling.noise_level)
             start_state = start_state.contiguous(memory_format=memory_format)
             states = integrate(step, velocity, start_state, grid, after_step, keep_all=not final_only)
