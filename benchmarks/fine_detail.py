@@ -6,9 +6,9 @@ texture share pixel noise could explain (issue 14's texture misses, docs/modes.m
 
 Part 1: the screen's test cells of the compound, its batch-matched controls (as training.evaluate
 draws them, seed 0) and each mode's cells generated from those controls: per set, the mean over
-cells of channel 1's fine detail (the crop minus its Gaussian blur at sigma 2) as a standard
-deviation over the cell (where the blur exceeds half its 95th percentile), the mean signal there,
-and the texture readout (texture_c1). Part 2: cells drawn with the compound's designed effect and
+cells of channel 1's fine detail (``training.metrics.fine_detail``: the crop minus its Gaussian
+blur at H/16, 2 px on 32-px crops) as a standard deviation over the cell (where the blur exceeds
+half its 95th percentile), the mean signal there, and the texture readout (texture_c1). Part 2: cells drawn with the compound's designed effect and
 k x the screen's pixel noise (controls at 1 x), so the texture share that k x noise alone gives.
 """
 
@@ -31,26 +31,32 @@ RESULTS = Path(__file__).parent / "results" / "fine_detail.json"
 NOISE_FACTORS = (1.0, 1.25, 1.5, 2.0)
 
 
-def fine_detail(pixels: np.ndarray, channel: int = 1) -> dict:
-    """Means over (N, C, H, W) cells: fine-detail std and signal mean (grey levels) over the cell,
-    and texture_c1."""
-    from skimage.filters import gaussian
-
-    from training.metrics import measure_cells
+def detail_summary(pixels: np.ndarray, channel: int = 1) -> dict:
+    """Means over (N, C, H, W) cells: fine-detail std and signal mean (grey levels) over the cell
+    (``training.metrics.fine_detail``, as fibre coherence and fibre origin see them), and texture_c1."""
+    from training.metrics import fine_detail, measure_cells
 
     std, mean = [], []
     for image in pixels[:, channel].astype(np.float64):
-        smooth = gaussian(image, 2.0)
-        cell = smooth > 0.5 * np.percentile(smooth, 95)
-        std.append((image - smooth)[cell].std())
+        fine, cell = fine_detail(image)
+        std.append(fine[cell].std())
         mean.append(image[cell].mean())
     return {"fine_detail_std": float(np.mean(std)), "signal_mean": float(np.mean(mean)),
             "texture_c1": float(measure_cells(pixels)["texture_c1"].mean())}
 
 
 def generated_detail(checkpoint: Path, screen: Path, perturbation: str, guidance: float) -> dict:
-    from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
-    from training.evaluation.generation import check_model, generate_cells, load_checkpoint
+    from training.evaluation.data import (
+        held_out_names,
+        load_eval_data,
+        load_pixels,
+        select_cells,
+    )
+    from training.evaluation.generation import (
+        check_model,
+        generate_cells,
+        load_checkpoint,
+    )
 
     data = load_eval_data(screen)
     model = load_checkpoint(str(checkpoint), "auto", None)
@@ -62,7 +68,7 @@ def generated_detail(checkpoint: Path, screen: Path, perturbation: str, guidance
         sampling = model.sampling.with_overrides(guidance=guidance).for_mode(mode)
         sets[mode] = generate_cells(model, controls, selection, condition, sampling, seed=0, batch_size=64,
                                     precision="fp32", mode=mode)
-    out = {name: fine_detail(pixels) for name, pixels in sets.items()}
+    out = {name: detail_summary(pixels) for name, pixels in sets.items()}
     for name in MODE_NAMES:
         out[name]["fine_detail_over_real"] = out[name]["fine_detail_std"] / out["real"]["fine_detail_std"]
     out["cells"] = len(controls)
@@ -72,7 +78,12 @@ def generated_detail(checkpoint: Path, screen: Path, perturbation: str, guidance
 def noise_alone(perturbation: str, cells: int = 400, seed: int = 1) -> dict:
     """Texture share of cells drawn with the designed effect and k x pixel noise, over k = 1's."""
     from napari_cellflux.data.drawing import draw_cells
-    from napari_cellflux.data.synthetic import DEFAULT_PERTURBATIONS, Morphology, SyntheticScreenConfig, sample_cell_parameters
+    from napari_cellflux.data.synthetic import (
+        DEFAULT_PERTURBATIONS,
+        Morphology,
+        SyntheticScreenConfig,
+        sample_cell_parameters,
+    )
     from training.metrics import measure_cells
 
     config, rng = SyntheticScreenConfig(), np.random.default_rng(seed)

@@ -239,13 +239,13 @@ def fibre_coherence(pixels: np.ndarray, channel: int = 1) -> np.ndarray:
         raise InputError(f"cells must be (N, C, H, W) with a channel {channel}, got shape {pixels.shape}")
     out = np.empty(len(pixels))
     for i, image in enumerate(pixels[:, channel].astype(np.float64)):
-        fine, cell = _fine_detail(image)
+        fine, cell = fine_detail(image)
         rr, rc, cc = (a[cell].sum() for a in structure_tensor(fine, sigma=image.shape[-1] / 32, order="rc"))
         out[i] = np.sqrt((rr - cc) ** 2 + 4 * rc**2) / max(rr + cc, 1e-12)
     return out
 
 
-def _fine_detail(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fine_detail(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A (H, W) float image's fine detail (the image minus its blur at H/16, so the cell's outline
     does not count) and the cell (where the blur exceeds half its 95th percentile)."""
     from skimage.filters import gaussian
@@ -272,8 +272,8 @@ def fibre_origin(controls: np.ndarray, generated: np.ndarray, channel: int = 1) 
                          f"got {controls.shape} and {generated.shape}")
     out = np.empty((len(controls), 2))
     for i, (control, image) in enumerate(zip(controls[:, channel].astype(np.float64), generated[:, channel].astype(np.float64))):
-        fine, cell = _fine_detail(image)
-        own, fine = _fine_detail(control)[0][cell], fine[cell]
+        fine, cell = fine_detail(image)
+        own, fine = fine_detail(control)[0][cell], fine[cell]
         gain = float(own @ fine) / max(float(own @ own), 1e-12)
         out[i] = gain, np.std(fine - gain * own)
     return out
