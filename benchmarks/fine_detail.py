@@ -8,8 +8,9 @@ Part 1: the screen's test cells of the compound, its batch-matched controls (as 
 draws them, seed 0) and each mode's cells generated from those controls: per set, the mean over
 cells of channel 1's fine detail (``training.metrics.fine_detail``: the crop minus its Gaussian
 blur at H/16, 2 px on 32-px crops) as a standard deviation over the cell (where the blur exceeds
-half its 95th percentile), the mean signal there, and the texture readout (texture_c1). Part 2: cells drawn with the compound's designed effect and
-k x the screen's pixel noise (controls at 1 x), so the texture share that k x noise alone gives.
+half its 95th percentile), the mean signal there, and the texture readout (texture_c1). Part 2:
+cells drawn with the compound's designed effect and k x the screen's pixel noise (controls at
+1 x), so the texture share that k x noise alone gives.
 """
 
 from __future__ import annotations
