@@ -3,7 +3,7 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.2 0.35] [--noise-level L] [--steps S] [--modes sample morph]
+        [--guidance 0.2 0.35] [--autoguidance 0 1.5] [--noise-level L] [--steps S] [--modes sample morph]
         [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
@@ -42,10 +42,12 @@ WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 
 def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0,
                  noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES,
-                 steps: int | None = None) -> list[dict]:
-    """One row per model, mode and guidance: the seen compounds' shares, the unseen ones', and fibre
-    coherence generated / real. ``noise_level`` replaces each model's own for ``sample`` (``morph``
-    starts from the clean controls whatever it is); ``steps`` replaces each model's solver steps."""
+                 steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,)) -> list[dict]:
+    """One row per model, mode, guidance and autoguidance: the seen compounds' shares, the unseen
+    ones', and fibre coherence generated / real. ``noise_level`` replaces each model's own for
+    ``sample`` (``morph`` starts from the clean controls whatever it is), and so does each of
+    ``autoguidances`` (None: the model's own; ``morph`` runs without, so once);
+    ``steps`` replaces each model's solver steps."""
     from training import metrics as M
     from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
@@ -70,9 +72,10 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
         for mode in modes:
-            for guidance in guidances:
-                sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level,
-                                                          steps=steps).for_mode(mode)
+            settings = [(g, a) for g in guidances for a in (autoguidances[:1] if mode == "morph" else autoguidances)]
+            for guidance, autoguidance in settings:
+                sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level, steps=steps,
+                                                          autoguidance=autoguidance).for_mode(mode)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
@@ -85,7 +88,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
-                    "guidance": guidance, "noise_level": sampling.noise_level,
+                    "guidance": guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
                     "steps": sampling.steps, "seen": seen,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
@@ -98,7 +101,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                     "fibres_control_gain_real": float(real_origin[:, 0].mean()),
                     "fibres_new_over_real": float(origin[:, 1].mean() / real_origin[:, 1].mean()),
                 })
-                print(f"{path} {mode} guidance {guidance:g}: {rows[-1]['within']} of {len(seen)} within 10%",
+                print(f"{path} {mode} guidance {guidance:g} autoguidance {sampling.autoguidance:g}: "
+                      f"{rows[-1]['within']} of {len(seen)} within 10%",
                       file=sys.stderr, flush=True)
     return rows
 
@@ -124,20 +128,21 @@ def markdown(rows: list[dict]) -> str:
     then the control -> control ratios of every effect feature."""
     def label(r: dict) -> str:
         path = Path(r["checkpoint"])
-        return f"| {path.parent.name if path.stem == 'model' else path.stem} | {r['mode']} | {r['guidance']:g} | "
+        name = path.parent.name if path.stem == "model" else path.stem
+        return f"| {name} | {r['mode']} | {r['guidance']:g} | {r.get('autoguidance', 0):g} | "
 
     effects = list(rows[0]["seen"])
-    lines = ["| model | mode | guidance | " + " | ".join(effects)
+    lines = ["| model | mode | guidance | autoguidance | " + " | ".join(effects)
              + " | within 10% | fibres | control's fibres kept (real) | new fibres |",
-             "|---|---|---|" + "---|" * len(effects) + "---|---|---|---|"]
+             "|---|---|---|---|" + "---|" * len(effects) + "---|---|---|---|"]
     lines += [label(r) + " | ".join(f"{r['seen'][e]:.0%}" for e in effects)
               + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f}"
               + f" | {r['fibres_control_gain']:.2f} ({r['fibres_control_gain_real']:.2f}) | {r['fibres_new_over_real']:.2f} |"
               for r in rows]
     features = next((list(r["control_to_control"]) for r in rows if r["control_to_control"]), [])
     if features:
-        lines += ["", "| model | mode | guidance | control -> control: " + " | ".join(features) + " |",
-                  "|---|---|---|" + "---|" * len(features)]
+        lines += ["", "| model | mode | guidance | autoguidance | control -> control: " + " | ".join(features) + " |",
+                  "|---|---|---|---|" + "---|" * len(features)]
         lines += [label(r) + " | ".join("–" if not r["control_to_control"] else f"{r['control_to_control'][f]:.3f}" for f in features) + " |"
                   for r in rows]
     return "\n".join(lines)
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screen", type=Path, default=Path("runs/modes/screen_5x"),
                    help="synthetic screen to score on (default: the five-times screen of docs/modes.md)")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
+    p.add_argument("--autoguidance", type=float, nargs="+", default=[None],
+                   help="sample mode's autoguidance values, each a row (default: each model's own; morph runs without)")
     p.add_argument("--noise-level", type=float, default=None,
                    help="sample mode's noise level for every model (default: each model's own)")
     p.add_argument("--steps", type=int, default=None,
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "(docs/modes.md, On five times as many cells)")
         started = time.perf_counter()
         rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
-                            modes=tuple(args.modes), steps=args.steps)
+                            modes=tuple(args.modes), steps=args.steps, autoguidances=tuple(args.autoguidance))
         C.write_json(args.out, {
             "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
             "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),

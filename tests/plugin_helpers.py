@@ -3,6 +3,7 @@ at the demo's scale (3 synthetic channels, 32 x 32 crops), fast enough for 2 CPU
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,14 @@ def tiny_model(seed: int = 0, image_size: int = 32) -> CellFluxModel:
     vocabulary = compound_vocabulary(COMPOUNDS, control="DMSO")
     unet = randomize(UNet(tiny_config(condition_dim=vocabulary.dim)), seed)
     return CellFluxModel(unet=unet, vocabulary=vocabulary, channels=synthetic_channels(3), image_size=image_size, sampling=FAST)
+
+
+def guided_model(seed: int = 0, guide_seed: int = 1, autoguidance: float = 0.0) -> CellFluxModel:
+    """tiny_model with an autoguidance guide of the same architecture and other random weights."""
+    model = tiny_model(seed)
+    model.guide, model.guide_step = randomize(UNet(model.config), guide_seed).eval(), 12
+    model.sampling = replace(model.sampling, autoguidance=autoguidance)
+    return model
 
 
 def tiny_model_file(path: Path, image_size: int = 32) -> Path:

@@ -227,3 +227,29 @@ def test_fine_detail_measures_each_mode_against_the_real_cells(tmp_path, capsys)
     assert noise["2x"]["share_of_1x"] < 0.9
     assert "texture share" in capsys.readouterr().out
     assert fine_detail.main(["--checkpoint", str(DEMO), "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_recipes_scores_each_autoguidance_in_sample_and_morph_once(tmp_path):
+    """--autoguidance: a row per value in sample; morph runs without it, so one row."""
+    import copy
+
+    import torch
+
+    from benchmarks.modes import DEMO
+    from benchmarks.recipes import markdown, score_models
+    from napari_cellflux import api
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+    from napari_cellflux.models.model_file import save_model
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=8))
+    model = api.load_model(DEMO, device="cpu")
+    model.guide, model.guide_step = copy.deepcopy(model.unet), 1
+    with torch.no_grad():
+        for p in model.guide.out[-1].parameters():
+            p.zero_()  # a guide with velocity 0: autoguidance a scales the velocity by 1 + a
+    save_model(model, tmp_path / "guided.safetensors")
+    rows = score_models([str(tmp_path / "guided.safetensors")], screen, guidances=[0.0], autoguidances=(0.0, 1.0))
+    assert [(r["mode"], r["autoguidance"]) for r in rows] == [("morph", 0.0), ("sample", 0.0), ("sample", 1.0)]
+    assert rows[1]["seen"] != rows[2]["seen"]
+    assert "| guided | sample | 0 | 1 | " in markdown(rows)

@@ -14,6 +14,7 @@ import torch
 from napari_cellflux import api
 from napari_cellflux.core.unet import UNetConfig
 from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+from napari_cellflux.errors import InputError
 from napari_cellflux.settings import SamplingConfig
 from training.config import load_config
 from training.train import MODEL_FILE, STATE_FILE, main, train, training_step
@@ -90,6 +91,49 @@ def test_resume_refuses_to_change_the_rates_of_steps_already_run(screen, tmp_pat
     train(cfg(8), quiet=True)
     with pytest.raises(ValueError, match="optim.steps 8 -> 12 changes the learning rate of steps already run"):
         train(cfg(12), resume=True, quiet=True)
+
+
+def test_guide_is_the_ema_at_guide_step_and_survives_resumes(screen, tmp_path):
+    """optim.guide_step keeps the EMA of that step in the model file; a run stopped before, at or
+    after it and resumed writes the same file as a straight run (bit for bit)."""
+    def cfg(out: str, steps: int, guide_step: int | None = 4):
+        extra = {"optim.steps": str(steps)} | ({"optim.guide_step": str(guide_step)} if guide_step else {})
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, steps, **extra))
+
+    ema_at_4 = weights(train(cfg("short", 4, guide_step=None), quiet=True).ema.model)
+    straight = train(cfg("a", 6), quiet=True)
+    model = api.load_model(straight.model_path)
+    assert model.guide is not None and model.guide_step == 4 and model.provenance["step"] == 6
+    for name, value in ema_at_4.items():
+        assert torch.equal(value, model.guide.state_dict()[name]), name
+    assert any(not torch.equal(v, model.unet.state_dict()[k]) for k, v in ema_at_4.items())
+
+    train(cfg("b", 3, guide_step=None), quiet=True)  # stopped before the guide step, set on resume
+    train(cfg("b", 6), resume=True, quiet=True)
+    train(cfg("c", 4, guide_step=None), quiet=True)  # stopped exactly at it, the guide step set on resume
+    train(cfg("c", 6), resume=True, quiet=True)
+    train(cfg("d", 5), quiet=True)  # stopped after it: the guide rides in state.pt
+    train(cfg("d", 6), resume=True, quiet=True)
+    for run in "bcd":
+        resumed = api.load_model(tmp_path / run / MODEL_FILE)
+        for name, value in model.guide.state_dict().items():
+            assert torch.equal(value, resumed.guide.state_dict()[name]), (run, name)
+        for name, value in model.unet.state_dict().items():
+            assert torch.equal(value, resumed.unet.state_dict()[name]), (run, name)
+
+
+def test_guide_step_that_cannot_be_kept_is_refused(screen, tmp_path):
+    def cfg(steps: int, **extra: str):
+        return load_config("demo", tiny_overrides(screen, tmp_path / "run", steps, **extra))
+
+    with pytest.raises(InputError, match="guide_step 4 must be below the run's 4 steps"):
+        train(cfg(4, **{"optim.guide_step": "4"}), quiet=True)
+    train(cfg(3), quiet=True)
+    with pytest.raises(InputError, match="at step 3 already, past it"):
+        train(cfg(6, **{"optim.guide_step": "2"}), resume=True, quiet=True)
+    train(cfg(4, **{"optim.guide_step": "3"}), resume=True, quiet=True)
+    with pytest.raises(InputError, match="kept at step 3; resume with optim.guide_step=3"):
+        train(cfg(6, **{"optim.guide_step": "2"}), resume=True, quiet=True)
 
 
 def test_training_changes_weights_and_ema_lags(screen, tmp_path):

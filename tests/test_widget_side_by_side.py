@@ -8,7 +8,7 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from plugin_helpers import DEMO, PLUGIN, channel_model_file, tiny_model_file
+from plugin_helpers import DEMO, PLUGIN, channel_model_file, guided_model, tiny_model_file
 from qtpy.QtWidgets import QScrollArea
 from test_widget import generate, load, wait_idle
 
@@ -151,6 +151,26 @@ def test_the_demo_is_badged_as_synthetic(viewer_and_widget, qtbot, tiny):
     assert not badge.isHidden() and "designed, not learned from real cells" in badge.text()
     load(qtbot, widget, tiny)
     assert badge.isHidden()
+
+
+def test_autoguidance_field_follows_the_model_and_the_mode(viewer_and_widget, qtbot, tiny, tmp_path):
+    from napari_cellflux._napari.sampling_box import MORPH_AUTOGUIDANCE_TIP, NO_GUIDE_TIP
+    from napari_cellflux.models.model_file import save_model
+
+    _, widget = viewer_and_widget
+    field = widget.sampling.autoguidance
+    load(qtbot, widget, tiny)  # no guide network: nothing to set
+    widget.mode.setCurrentIndex(widget.mode.findData("sample"))
+    assert not field.isEnabled() and field.toolTip() == NO_GUIDE_TIP
+    save_model(guided_model(autoguidance=1.5), tmp_path / "guided.safetensors")
+    load(qtbot, widget, tmp_path / "guided.safetensors")
+    assert field.isEnabled() and field.value() == 1.5 and "v_guide" in field.toolTip()
+    run(qtbot, widget, "colchicine", mode="sample")
+    assert widget.columns.runs[-1].result.trajectory.metadata["autoguidance"] == 1.5
+    widget.mode.setCurrentIndex(widget.mode.findData("morph"))
+    assert not field.isEnabled() and field.toolTip() == MORPH_AUTOGUIDANCE_TIP
+    run(qtbot, widget, "colchicine")
+    assert widget.columns.runs[-1].result.trajectory.metadata["autoguidance"] == 0.0
 
 
 def test_dock_order_tooltips_and_scrolling(viewer_and_widget, qtbot):

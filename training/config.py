@@ -96,9 +96,14 @@ class OptimConfig:
     clean_time_mean: float | None = None
     clean_time_std: float | None = None
     precision: str = "auto"
+    # Keep the EMA weights at this step as the model file's guide network, for autoguidance
+    # (SamplingConfig.autoguidance, docs/modes.md); None = no guide.
+    guide_step: int | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "steps")
+        if self.guide_step is not None:
+            _at_least(self, 1, "guide_step")
         _at_least(self, 0, "decay_steps")
         if self.epochs is not None:
             _at_least(self, 1, "epochs")

@@ -70,6 +70,7 @@ class EvalConfig:
     grid: str | None = None
     guidance: float | None = None
     noise_level: float | None = None
+    autoguidance: float | None = None
     mode: str = DEFAULT_MODE
     seed: int = 0
     batch_size: int = 64
@@ -84,9 +85,9 @@ class EvalConfig:
 
 
 def sampling_for(model: CellFluxModel, cfg: EvalConfig) -> SamplingConfig:
-    """The model's sampler with the given options, as ``cfg.mode`` runs it (morph: noise level 0)."""
+    """The model's sampler with the given options, as ``cfg.mode`` runs it (morph: noise level 0, no autoguidance)."""
     return model.sampling.with_overrides(steps=cfg.steps, solver=cfg.solver, grid=cfg.grid, guidance=cfg.guidance,
-                                         noise_level=cfg.noise_level).for_mode(cfg.mode)
+                                         noise_level=cfg.noise_level, autoguidance=cfg.autoguidance).for_mode(cfg.mode)
 
 
 def evaluate(cfg: EvalConfig, on_generated: Callable[[str, np.ndarray], None] | None = None) -> dict:
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("n_cells", "max_perturbations", "batch_size", "moa_cells", "kid_subsets"):
             if values[name] is not None and values[name] < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {values[name]}")
-        check_mode_noise(values["mode"], values["noise_level"])
+        check_mode_noise(values["mode"], values["noise_level"], values["autoguidance"])
         check_writable(values["out"], what="--out", suffixes=(".json",))
         if values["report"]:
             check_writable(values["report"], what="--report", folder=True)

@@ -111,9 +111,17 @@ def training_control_statistics(data: TrainingData, channels: tuple[Channel, ...
     return control_statistics(pixels, [c.name for c in channels], pixel_size_um)
 
 
-def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig, step: int, epoch: int) -> str:
-    """Write the self-contained model file, with the statistics of the training controls."""
+def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig, step: int, epoch: int,
+                 guide: dict | None = None) -> str:
+    """Write the self-contained model file, with the statistics of the training controls and,
+    once the run has passed ``optim.guide_step``, the ``guide`` weights (a state dict of ``weights``' architecture)."""
+    guide_unet = None
+    if guide is not None:
+        guide_unet = UNet(weights.config)
+        guide_unet.load_state_dict(guide)
     model = CellFluxModel(
+        guide=guide_unet,
+        guide_step=cfg.optim.guide_step if guide is not None else None,
         unet=weights,
         vocabulary=data.vocabulary,
         channels=parse_channels(cfg.data.channels) if cfg.data.channels else data.default_channels,
@@ -128,9 +136,11 @@ def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig
     return save_model(model, path)
 
 
-def save_state(path: Path, unet: UNet, ema: EMA, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig) -> None:
+def save_state(path: Path, unet: UNet, ema: EMA, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int, cfg: TrainConfig,
+               guide: dict | None = None) -> None:
     """The resumable state: plain tensors and containers only, so it loads with weights_only=True."""
     state = {
+        **({"guide": guide, "guide_step": cfg.optim.guide_step} if guide is not None else {}),
         "step": step,
         "epoch": epoch,
         "batch_in_epoch": batch_in_epoch,
@@ -162,7 +172,7 @@ def load_state(path: Path) -> dict:
 # Settings that may differ on --resume: they change when and where the run works, not what it
 # computes (sampling.* too: the defaults the model file recommends, not part of training).
 RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "optim.decay_steps", "run.checkpoint_every", "run.log_every",
-                     "run.device", "run.threads", "data.num_workers", "run.out")
+                     "run.device", "run.threads", "data.num_workers", "run.out", "optim.guide_step")
 
 
 def check_resumable(saved: dict, now: dict, path: Path) -> None:
@@ -198,6 +208,24 @@ def check_rates_kept(saved: dict, optim: OptimConfig, total_steps: int, batches_
                if saved.get(key, 0 if key == "decay_steps" else None) != getattr(optim, key)]
     raise InputError(f"cannot resume {path}: {', '.join(changed)} changes the learning rate of steps already run "
                      "(their cool-down); resume with the saved values, or start a new run in another run.out")
+
+
+def resumed_guide(state: dict, ema: EMA, guide_step: int | None, path: Path) -> dict | None:
+    """The guide weights a resumed run carries on with: the saved ones, or the EMA now if the run
+    stopped exactly at ``guide_step``. A guide step set or changed on resume must still lie ahead
+    (or at the saved step), so the guide is always the EMA at ``guide_step`` of this very run."""
+    step, saved = state["step"], state.get("guide_step")
+    if saved is not None and saved != guide_step:
+        raise InputError(f"cannot resume {path} with optim.guide_step {guide_step}: its guide was kept at step {saved}; "
+                         f"resume with optim.guide_step={saved}")
+    if saved is not None:
+        return state["guide"]
+    if guide_step is None or guide_step > step:
+        return None
+    if guide_step == step:
+        return {k: v.clone() for k, v in ema.model.state_dict().items()}
+    raise InputError(f"cannot resume {path} with optim.guide_step {guide_step}: the run is at step {step} already, past it; "
+                     "choose a guide step >= the saved step, or train a new run with optim.guide_step set from the start")
 
 
 def remove_stale_parts(out: Path) -> None:
@@ -288,7 +316,10 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
     if cfg.optim.epochs is not None:
         total_steps = cfg.optim.epochs * data.batches_per_epoch(cfg.optim.batch_size, ddp.world_size)
 
-    step, epoch, batch_in_epoch = 0, 0, 0
+    if cfg.optim.guide_step is not None and cfg.optim.guide_step >= total_steps:
+        raise InputError(f"optim.guide_step {cfg.optim.guide_step} must be below the run's {total_steps} steps "
+                         "(the guide is a less-trained snapshot of the same run)")
+    step, epoch, batch_in_epoch, guide = 0, 0, 0, None
     if resume:
         state = load_state(state_path)
         check_resumable(state.get("config", {}), cfg.to_dict(), state_path)
@@ -299,8 +330,9 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        guide = resumed_guide(state, ema, cfg.optim.guide_step, state_path)
         if ddp.is_main:  # a crash between the two checkpoint writes leaves the model file behind the state
-            export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch)
+            export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch, guide)
 
     model = DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None) if ddp.world_size > 1 else unet
     log = None
@@ -330,6 +362,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
             ema.update(unet)
             step += 1
             batch_in_epoch += 1
+            if step == cfg.optim.guide_step:
+                guide = {k: v.clone() for k, v in ema.model.state_dict().items()}
             bar.update(1)
             if ddp.is_main and (step % cfg.run.log_every == 0 or step == total_steps):
                 now = time.time()
@@ -339,8 +373,8 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
                 last_time, last_step = now, step
             if step % cfg.run.checkpoint_every == 0 or step == total_steps:
                 if ddp.is_main:
-                    save_state(state_path, unet, ema, optimizer, scaler, step, epoch, batch_in_epoch, cfg)
-                    export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch)
+                    save_state(state_path, unet, ema, optimizer, scaler, step, epoch, batch_in_epoch, cfg, guide)
+                    export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch, guide)
             if step >= total_steps:
                 break
         else:

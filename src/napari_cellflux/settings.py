@@ -57,14 +57,18 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def check_mode_noise(mode: str, noise_level: float | None) -> None:
-    """The command lines' ``--mode`` and an explicit ``--noise-level`` must agree: morph starts
-    from the clean control, so a noise level > 0 with it is an error rather than silently dropped.
-    (The API's SamplingConfig always carries a noise level; there morph uses 0 and records it.)"""
+def check_mode_noise(mode: str, noise_level: float | None, autoguidance: float | None = None) -> None:
+    """The command lines' ``--mode`` and an explicit ``--noise-level`` or ``--autoguidance`` must
+    agree: morph starts from the clean control without autoguidance, so either > 0 with it is an
+    error rather than silently dropped. (The API's SamplingConfig always carries both; there
+    morph uses 0 and records it.)"""
     check_mode(mode)
     if mode == "morph" and noise_level:
         raise InputError(f"--mode morph starts from the clean controls (noise level 0), but --noise-level {noise_level:g} was given; "
                          "drop --noise-level, or use --mode sample to sample from control + noise")
+    if mode == "morph" and autoguidance:
+        raise InputError(f"--mode morph runs without autoguidance, but --autoguidance {autoguidance:g} was given; "
+                         "drop --autoguidance, or use --mode sample")
 
 
 def canonical_solver(name: str) -> str:
@@ -86,26 +90,34 @@ def check_steps(grid: str, steps) -> None:
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to integrate from control to perturbed; the defaults are the paper's (50 Heun steps on
-    the EDM grid = 100 network evaluations, guidance w = 0.2, noise level 0.5)."""
+    the EDM grid = 100 network evaluations, guidance w = 0.2, noise level 0.5, no autoguidance).
+
+    autoguidance a: v = (1 + a) v_model - a v_guide, extrapolating away from the model file's guide
+    network, a snapshot of the same training run at fewer steps (Karras et al. 2024, "Guiding a
+    diffusion model with a bad version of itself"; their w is 1 + a). Where the two differ is what
+    longer training learnt, chiefly the fine detail that sampling must rebuild from the noise;
+    0 = none. Each side is guided by ``guidance`` as without it.
+    """
 
     solver: str = "heun"
     grid: str = "edm"
     steps: int = 50
     guidance: float = 0.2
     noise_level: float = 0.5
+    autoguidance: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "solver", canonical_solver(self.solver))
         check_steps(self.grid, self.steps)
         object.__setattr__(self, "steps", int(self.steps))  # 20.0 from a YAML or JSON file is 20
-        for name in ("guidance", "noise_level"):
+        for name in ("guidance", "noise_level", "autoguidance"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
 
     @property
     def evaluations(self) -> int:
-        """Network evaluations per image (twice as many forwards with guidance)."""
+        """Network evaluations per image (each is two forwards with guidance, twice that with autoguidance)."""
         return self.steps * EVALUATIONS_PER_STEP[self.solver]
 
     def with_overrides(self, **changes) -> "SamplingConfig":
@@ -118,8 +130,10 @@ class SamplingConfig:
 
     def for_mode(self, mode: str) -> "SamplingConfig":
         """The settings a run in ``mode`` integrates with: morph from the clean control (noise
-        level 0, whatever these settings say), sample with these settings as they are."""
-        return replace(self, noise_level=0.0) if check_mode(mode) == "morph" else self
+        level 0 and no autoguidance, whatever these settings say: the control's own fine detail
+        is there from the start, and extrapolating away from the guide only exaggerates it,
+        docs/modes.md), sample with these settings as they are."""
+        return replace(self, noise_level=0.0, autoguidance=0.0) if check_mode(mode) == "morph" else self
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,7 +26,8 @@ from napari_cellflux._napari.jobs import NeedsConfirmation, generation_job, load
 from napari_cellflux._napari.phenotype_panel import PhenotypePanel
 from napari_cellflux._napari.qt_helpers import note, row
 from napari_cellflux._napari.result_box import ExportBox, ResultBox
-from napari_cellflux._napari.sections import ControlsBox, ModeChoice, ModelBox, PerturbationBox, SamplingBox
+from napari_cellflux._napari.sampling_box import ModeChoice, SamplingBox
+from napari_cellflux._napari.sections import ControlsBox, ModelBox, PerturbationBox
 from napari_cellflux.errors import InputError, describe
 from napari_cellflux.generation.export import ANIMATION_SUFFIXES, TIFF_SUFFIXES
 
@@ -187,7 +188,7 @@ class CellFluxWidget(QWidget):
         self._model = model
         self.model.show_model(model, source)
         self.perturbation.set_vocabulary(model.vocabulary)
-        self.sampling.set_defaults(model.sampling)
+        self.sampling.set_defaults(model.sampling, has_guide=model.guide is not None)
         self.status.setText("Model ready: choose the controls and a perturbation, then Generate.")
 
     def generate(self, confirmed: bool = False) -> None:

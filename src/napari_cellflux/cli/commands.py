@@ -48,6 +48,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"pixel size of the training crops: {size}{source}")
     print(f"architecture: {model.config.to_dict()}")
     print(f"sampling defaults: {model.sampling.to_dict()}")
+    if model.guide is not None:
+        print(f"autoguidance guide: the same run at step {model.guide_step} (sample mode; --autoguidance)")
     print(f"provenance: {model.provenance}")
     if args.perturbations:
         print("\n".join(model.vocabulary.names))
@@ -81,6 +83,7 @@ def sampling_from_args(args: argparse.Namespace, defaults):
     """The model's sampling defaults with the options given on the command line."""
     return defaults.with_overrides(
         solver=args.solver, grid=args.grid, steps=args.steps, guidance=args.guidance, noise_level=args.noise_level,
+        autoguidance=args.autoguidance,
     )
 
 
@@ -105,7 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from napari_cellflux.models.domain import print_warnings
     from napari_cellflux.settings import check_mode_noise
 
-    check_mode_noise(args.mode, args.noise_level)
+    check_mode_noise(args.mode, args.noise_level, args.autoguidance)
     check_writable(args.out, what="--out", suffixes=TIFF_SUFFIXES)
     if args.gif is not None:
         check_writable(args.gif, what="--gif", suffixes=ANIMATION_SUFFIXES)

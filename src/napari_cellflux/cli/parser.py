@@ -58,11 +58,14 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="solver steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance w (default: the model's)")
     p.add_argument("--noise-level", type=float, help="noise added to the controls (default: the model's)")
+    p.add_argument("--autoguidance", type=float, metavar="A",
+                   help="sample mode: push away from the model file's guide network, v = (1 + A) v - A v_guide; "
+                        "0 = none, each evaluation then costs twice (default: the model's; docs/modes.md)")
 
 
 def add_mode_option(p: argparse.ArgumentParser) -> None:
-    """--mode (generate and evaluation): what the run answers (settings.MODES); a noise level
-    given with morph is refused by :func:`napari_cellflux.settings.check_mode_noise`."""
+    """--mode (generate and evaluation): what the run answers (settings.MODES); a noise level or
+    autoguidance given with morph is refused by :func:`napari_cellflux.settings.check_mode_noise`."""
     p.add_argument("--mode", choices=MODE_NAMES, default=DEFAULT_MODE,
                    help="; ".join(f"{name}: {text}" for name, text in MODES.items())
                    + f" (default {DEFAULT_MODE}, the paper's; docs/modes.md)")

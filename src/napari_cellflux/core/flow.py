@@ -72,8 +72,15 @@ def guided(conditional: Velocity, unconditional: Velocity, guidance: float) -> V
     return lambda x, t: guidance_mix(conditional(x, t), unconditional(x, t), guidance)
 
 
+def autoguidance_mix(v_model: torch.Tensor, v_guide: torch.Tensor, autoguidance: float) -> torch.Tensor:
+    """Autoguidance (Karras et al. 2024): v = (1 + a) v_model - a v_guide, extrapolating away from
+    a less-trained snapshot of the same network (their weight w is 1 + a)."""
+    return (1 + autoguidance) * v_model - autoguidance * v_guide
+
+
 def network_velocity(
-    network, cond: torch.Tensor | None, guidance: float = 0.0, *, batched: bool = True, source_noise: float | None = None
+    network, cond: torch.Tensor | None, guidance: float = 0.0, *, batched: bool = True, source_noise: float | None = None,
+    guide=None, autoguidance: float = 0.0,
 ) -> Velocity:
     """The sampling velocity of ``network(x, t, cond, cond_mask, source_noise)`` for a (N, D) condition.
 
@@ -81,7 +88,17 @@ def network_velocity(
     forward per evaluation instead of two, same result. ``batched=False`` runs them as two
     forwards (the authors' way; the reference the batched path is tested against).
     ``source_noise``: the noise level of x_init, for a network that conditions on it (else None).
+    ``guide``: a network called like ``network`` that, with ``autoguidance`` a > 0, the velocity
+    is pushed away from (:func:`autoguidance_mix`), each side classifier-free guided alike.
     """
+    own = _guided_velocity(network, cond, guidance, batched, source_noise)
+    if guide is None or autoguidance == 0:
+        return own
+    bad = _guided_velocity(guide, cond, guidance, batched, source_noise)
+    return lambda x, t: autoguidance_mix(own(x, t), bad(x, t), autoguidance)
+
+
+def _guided_velocity(network, cond: torch.Tensor | None, guidance: float, batched: bool, source_noise: float | None) -> Velocity:
     def levels(x: torch.Tensor) -> torch.Tensor | None:
         return None if source_noise is None else torch.full((len(x),), float(source_noise), device=x.device)
 

@@ -47,7 +47,7 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
                   speed: SpeedOptions = SpeedOptions(), condition: dict | None = None,
                   batch_size: int = 64) -> CostEstimate:
     """Time network evaluations of generate() on ``controls`` (model space, (N, C, H, W)) with the
-    run's guidance and speed options, and scale them to ``n_cells`` cells and
+    run's guidance, autoguidance and speed options, and scale them to ``n_cells`` cells and
     ``sampling.evaluations`` evaluations.
 
     One cell is timed first; scaled up, that errs long (first-call overhead, no batching, and on
@@ -58,7 +58,7 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
     probe's time per cell, up to a whole batch as the run will use; where even two cells would
     cost more (a published model on a CPU: seconds per cell) the one-cell time stands."""
     one_step = SamplingConfig(solver="euler", grid="uniform", steps=1, guidance=sampling.guidance,
-                              noise_level=sampling.noise_level)
+                              noise_level=sampling.noise_level, autoguidance=sampling.autoguidance)
 
     def timed(cells) -> float:
         started = perf_counter()

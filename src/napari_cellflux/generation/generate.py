@@ -114,6 +114,13 @@ def check_controls(model: CellFluxModel, controls: torch.Tensor | np.ndarray) ->
     return x
 
 
+def check_autoguidance(model: CellFluxModel, sampling: SamplingConfig) -> None:
+    """Autoguidance needs the model file's guide network."""
+    if sampling.autoguidance and model.guide is None:
+        raise InputError(f"autoguidance {sampling.autoguidance:g} needs a guide network, and this model file has none "
+                         "(training keeps one with optim.guide_step); set autoguidance to 0")
+
+
 def generate(
     model: CellFluxModel,
     controls: torch.Tensor | np.ndarray,
@@ -134,9 +141,10 @@ def generate(
 
     controls: (N, C, H, W) in [-1, 1] (see ``model.normalization.to_model``). The condition is
     a vocabulary name, a SMILES (compound models), a raw (D,) embedding, or nothing
-    (unconditional). sampling: solver, grid, steps, guidance, noise level (default: the
-    model's). mode (settings.MODES): "sample" integrates from control + noise_level x noise, the
-    paper's sampling; "morph" from the clean control (noise level 0 whatever ``sampling`` says),
+    (unconditional). sampling: solver, grid, steps, guidance, noise level, autoguidance (default:
+    the model's). mode (settings.MODES): "sample" integrates from control + noise_level x noise, the
+    paper's sampling; "morph" from the clean control (noise level 0 and no autoguidance whatever
+    ``sampling`` says),
     so each cell changes continuously from itself. The metadata records the mode and the noise
     level used. seed fixes the noise, drawn on the CPU so results agree across devices.
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
@@ -152,6 +160,7 @@ def generate(
     cond, condition_info = condition_vector(model, perturbation, smiles=smiles, embedding=embedding)
     if cond is None and sampling.guidance:
         sampling = replace(sampling, guidance=0.0)  # guidance needs a condition to push away from
+    check_autoguidance(model, sampling)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     device = model.device
@@ -163,6 +172,10 @@ def generate(
     set_memory_format(model.unet, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = fast_network(model.unet, device, dtype, compiled, plan.images_per_forward)
+    guide = None
+    if sampling.autoguidance:
+        set_memory_format(model.guide, channels_last)
+        guide = fast_network(model.guide, device, dtype, compiled, plan.images_per_forward)
     grid = time_grid(sampling.grid, sampling.steps)
     step = solver(sampling.solver)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -185,7 +198,7 @@ def generate(
             control = x[start:start + batch_size].to(device)
             c = None if cond is None else cond.to(device).expand(len(control), -1)
             velocity = network_velocity(network, c, sampling.guidance, batched=speed.batch_guidance,
-                                        source_noise=source_noise)
+                                        source_noise=source_noise, guide=guide, autoguidance=sampling.autoguidance)
             start_state = x_init(control, noise[start:start + batch_size].to(device), sampling.noise_level)
             start_state = start_state.contiguous(memory_format=memory_format)
             states = integrate(step, velocity, start_state, grid, after_step, keep_all=not final_only)

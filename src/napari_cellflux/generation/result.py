@@ -175,6 +175,7 @@ def generate_from_pixels(
     what the run will cost (:func:`napari_cellflux.generation.cost.estimate_cost`) before it starts,
     and stops it (GenerationCancelled) by returning False."""
     from napari_cellflux.generation.generate import (  # torch: only once a run starts
+        check_autoguidance,
         check_controls,
         condition_vector,
         generate,
@@ -183,7 +184,9 @@ def generate_from_pixels(
     from napari_cellflux.runtime import resolve_device
     from napari_cellflux.settings import DEFAULT_MODE, check_mode
 
-    check_mode(generate_options.get("mode", DEFAULT_MODE))
+    mode = check_mode(generate_options.get("mode", DEFAULT_MODE))
+    sampling = (generate_options.get("sampling") or model.sampling).for_mode(mode)
+    check_autoguidance(model, sampling)
     controls = np.asarray(pixels)[:n_cells]
     x = check_controls(model, model.normalization.to_model(controls))  # a wrong shape is an error before any warning
     condition_vector(model, generate_options.get("perturbation"), smiles=generate_options.get("smiles"),
@@ -196,7 +199,7 @@ def generate_from_pixels(
         from napari_cellflux.settings import SpeedOptions
 
         condition = {k: generate_options[k] for k in ("perturbation", "smiles", "embedding") if generate_options.get(k) is not None}
-        estimate = estimate_cost(model, x, len(x), generate_options.get("sampling") or model.sampling,
+        estimate = estimate_cost(model, x, len(x), sampling,
                                  generate_options.get("speed", SpeedOptions()), condition,
                                  batch_size=generate_options.get("batch_size", 64))
         if not before_run(estimate):

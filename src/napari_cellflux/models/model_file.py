@@ -1,7 +1,8 @@
 """The project's self-contained model file: one safetensors file that the plugin needs nothing beside.
 
 Layout: tensors ``unet.<parameter name>`` (the weights to sample with, EMA where trained with
-EMA) and ``vocabulary.embeddings`` (V, D); the safetensors header's metadata holds one JSON
+EMA), optionally ``guide.<parameter name>`` (the same architecture at fewer training steps, for
+autoguidance; format version 2) and ``vocabulary.embeddings`` (V, D); the safetensors header's metadata holds one JSON
 string under ``"cellflux"`` with the architecture, vocabulary names and kind, channels and
 colours, image size, normalisation, sampling defaults, training config and provenance.
 safetensors holds only tensors and strings, so loading a file can never execute code.
@@ -28,7 +29,7 @@ from napari_cellflux.models.vocabulary import Vocabulary
 from napari_cellflux.settings import SamplingConfig
 
 FORMAT = "napari-cellflux"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sampling.autoguidance and the optional guide network; 1 is read as before
 
 
 @dataclass
@@ -42,6 +43,8 @@ class CellFluxModel:
     where the number comes from. control_statistics: summary statistics of the training
     controls (for checking that new controls are like them; empty when not recorded).
     sha256: hash of the file it was loaded from ("" for a model built in memory).
+    guide: the autoguidance guide (``sampling.autoguidance``): a UNet of the same architecture
+    from the same training run at ``guide_step`` steps, or None.
     """
 
     unet: UNet
@@ -56,6 +59,8 @@ class CellFluxModel:
     pixel_size_um: float | None = None
     pixel_size_source: str = "unknown"
     control_statistics: dict = field(default_factory=dict)
+    guide: UNet | None = None
+    guide_step: int | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -76,6 +81,10 @@ class CellFluxModel:
                 f"({len(cfg.channel_mult)} UNet levels)"
             )
         self.unet.eval()
+        if self.guide is not None:
+            if self.guide.config != cfg:
+                raise InputError("the guide network must have the model's own architecture (a snapshot of the same training run)")
+            self.guide.eval()
 
     @property
     def config(self) -> UNetConfig:
@@ -87,6 +96,8 @@ class CellFluxModel:
 
     def to(self, device: str | torch.device) -> "CellFluxModel":
         self.unet.to(device)
+        if self.guide is not None:
+            self.guide.to(device)
         return self
 
     def metadata(self) -> dict:
@@ -100,6 +111,7 @@ class CellFluxModel:
             "pixel_size_um": self.pixel_size_um,
             "pixel_size_source": self.pixel_size_source,
             "control_statistics": self.control_statistics,
+            "guide": None if self.guide is None else {"step": self.guide_step},
             "normalization": self.normalization.to_dict(),
             "sampling": self.sampling.to_dict(),
             "training": self.training,
@@ -110,6 +122,8 @@ class CellFluxModel:
 def save_model(model: CellFluxModel, path: str | Path) -> str:
     """Write ``model`` to ``path`` atomically; returns the file's sha256."""
     tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in model.unet.state_dict().items()}
+    if model.guide is not None:
+        tensors.update({f"guide.{k}": v.detach().cpu().contiguous() for k, v in model.guide.state_dict().items()})
     tensors["vocabulary.embeddings"] = model.vocabulary.embeddings.detach().cpu().contiguous()
     meta = model.metadata()
     meta["provenance"] = {"napari_cellflux_version": __version__, **model.provenance}
@@ -171,6 +185,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
             pixel_size_um=_pixel_size(meta.get("pixel_size_um")),
             pixel_size_source=str(meta.get("pixel_size_source", "unknown")),
             control_statistics=dict(meta.get("control_statistics") or {}),
+            guide_step=(meta.get("guide") or {}).get("step"),
         )
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
@@ -180,7 +195,13 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
         unet = UNet(config)
     weights = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
     load_weights(unet, weights, source=str(path))
-    model = CellFluxModel(unet=unet, sha256=file_sha256(path), **parts)
+    guide = None
+    guide_weights = {k.removeprefix("guide."): v for k, v in tensors.items() if k.startswith("guide.")}
+    if guide_weights:
+        with torch.device("meta"):
+            guide = UNet(config)
+        load_weights(guide, guide_weights, source=f"{path} (guide network)")
+    model = CellFluxModel(unet=unet, sha256=file_sha256(path), guide=guide, **parts)
     return model.to(device)
 
 
