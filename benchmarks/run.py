@@ -220,12 +220,13 @@ def render(out: Path) -> str:
                   f"{d['forward_batch']} images per forward), all states kept; median of {d['repeats']}. "
                   f"Model: {d['model']}, {d['parameters'] / 1e6:.2f}M parameters, {d['image_size']} px. Target: < 1 s.", "",
                   f"Measured {_env_line(d['environment'])}.", "",
-                  "| variant | sampling | median s | < 1 s |", "|---|---|---|---|"]
+                  "| variant | sampling | mode | median s | < 1 s |", "|---|---|---|---|---|"]
         for r in d["rows"]:
+            mode = r.get("mode", "sample")
             if "median_s" in r:
-                lines.append(f"| {r['variant']} | {r['sampling']} | {r['median_s']:.3f} | {_f(r['meets_1s_target'])} |")
+                lines.append(f"| {r['variant']} | {r['sampling']} | {mode} | {r['median_s']:.3f} | {_f(r['meets_1s_target'])} |")
             else:
-                lines.append(f"| {r['variant']} | {r['sampling']} | {r['error']} | – |")
+                lines.append(f"| {r['variant']} | {r['sampling']} | {mode} | {r['error']} | – |")
         lines.append("")
 
     if "throughput" in data:

@@ -15,7 +15,7 @@ import torch
 from napari_cellflux import api
 from napari_cellflux.core.unet import count_parameters, preset
 from napari_cellflux.errors import InputError
-from napari_cellflux.settings import SamplingConfig, SpeedOptions
+from napari_cellflux.settings import MODE_NAMES, SamplingConfig, SpeedOptions
 
 from . import common as C
 
@@ -71,33 +71,40 @@ def cudnn_benchmark(enabled: bool):
 def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: int, warmup: int, compile_modes: list[str],
              perturbation: str | None, solvers: tuple[str, ...] = ("euler", "heun", "midpoint")) -> dict:
     """(a) 16 cells x 20 network evaluations of the demo model on the CPU, as the widget runs
-    them (all states kept for the t slider): median seconds per variant and solver."""
+    them (all states kept for the t slider): median seconds per variant and solver, and for the
+    model's own sampler in each mode (sample with its autoguidance, morph without)."""
     device = torch.device("cpu")
     model.to(device)
     name = C.pick_perturbation(model, perturbation)
     controls = C.controls_for(model, cells)
     if nfe % 2:
         raise InputError(f"--demo-nfe must be even (Heun and midpoint take 2 evaluations per step), got {nfe}")
+    # nfe evaluations of one network each (autoguidance, which doubles the cost, off), then the
+    # model's own sampler in each mode, as the widget runs it (training/configs/demo.yaml).
+    single = model.sampling.with_overrides(autoguidance=0.0)
     samplings = {
-        f"euler_uniform_{nfe}": model.sampling.with_overrides(solver="euler", grid="uniform", steps=nfe),
-        f"heun_edm_{nfe // 2}": model.sampling.with_overrides(solver="heun", grid="edm", steps=max(nfe // 2, 2)),
-        # The demo model's own default (training/configs/demo.yaml), what the widget runs.
-        f"midpoint_uniform_{nfe // 2}": model.sampling.with_overrides(solver="midpoint", grid="uniform", steps=max(nfe // 2, 2)),
+        (f"euler_uniform_{nfe}", "sample"): single.with_overrides(solver="euler", grid="uniform", steps=nfe),
+        (f"heun_edm_{nfe // 2}", "sample"): single.with_overrides(solver="heun", grid="edm", steps=max(nfe // 2, 2)),
+        (f"midpoint_uniform_{nfe // 2}", "sample"): single.with_overrides(solver="midpoint", grid="uniform", steps=max(nfe // 2, 2)),
     }
     samplings = {k: v for k, v in samplings.items() if v.solver in solvers}
+    own = model.sampling
+    label = f"own_{own.solver}_{own.grid}_{own.steps}" + (f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "")
+    samplings |= {(label, mode): own.for_mode(mode) for mode in MODE_NAMES}
     rows = []
     for variant in variants(device, compile_modes):
-        for label, sampling in samplings.items():
-            run = lambda: api.generate(model, controls, name, sampling=sampling, seed=0, batch_size=cells,
+        for (label, mode), sampling in samplings.items():
+            run = lambda: api.generate(model, controls, name, sampling=sampling, mode=mode, seed=0, batch_size=cells,
                                        speed=SpeedOptions(**variant.options))
             try:
                 median, times = C.timed(run, device, repeats, warmup + bool(variant.options.get("compile")))
             except Exception as err:  # e.g. torch.compile without a C compiler: say so, keep going
-                rows.append({"variant": variant.name, "sampling": label, "error": f"{type(err).__name__}: {err}"[:300]})
+                rows.append({"variant": variant.name, "sampling": label, "mode": mode, "error": f"{type(err).__name__}: {err}"[:300]})
                 continue
             rows.append({
-                "variant": variant.name, "description": variant.description, "sampling": label,
-                "network_evaluations": sampling.evaluations, "median_s": median, "times_s": times,
+                "variant": variant.name, "description": variant.description, "sampling": label, "mode": mode,
+                "network_evaluations": sampling.evaluations, "networks": 2 if sampling.autoguidance else 1,
+                "median_s": median, "times_s": times,
                 "meets_1s_target": median < 1.0,
             })
     timed_rows = [r for r in rows if "median_s" in r]

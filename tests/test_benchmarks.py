@@ -29,6 +29,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     variants = {r["variant"] for r in demo["rows"]}
     assert "eager_fp32_separate_cfg" in variants and "bf16_batched_cfg_channels_last" in variants
     assert all("median_s" in r for r in demo["rows"])
+    own = {r["mode"] for r in demo["rows"] if r["sampling"].startswith("own_euler_uniform_4")}  # the tiny model's FAST
+    assert own == {"sample", "morph"}
 
     thr = data["throughput"]
     demo_rows = [r for r in thr["rows"] if r["size"] == "demo"]
