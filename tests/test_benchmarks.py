@@ -137,12 +137,14 @@ def test_modes_fibres_score_the_evaluated_cells_of_each_mode(tmp_path):
 def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
     from benchmarks.modes import DEMO, designed_effects, evaluate_mode
     from benchmarks.recipes import markdown, score_models
+    from napari_cellflux import api
     from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
 
     screen = tmp_path / "screen"
     make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
-    rows = score_models([str(DEMO)], screen, guidances=[0.35])  # the demo's own guidance
-    assert [(r["mode"], r["guidance"]) for r in rows] == [("morph", 0.35), ("sample", 0.35)]
+    own = api.load_model(DEMO).sampling.guidance  # the demo's own sampler, as evaluate_mode runs it
+    rows = score_models([str(DEMO)], screen, guidances=[own])
+    assert [(r["mode"], r["guidance"]) for r in rows] == [("morph", own), ("sample", own)]
     for row in rows:
         # the same cells, measured once here and once per mode there: the same shares
         expected = {f"{e['perturbation']} {e['feature']}": e[f"{row['mode']}_recovered"] for e in

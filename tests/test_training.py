@@ -122,13 +122,16 @@ def test_guide_is_the_ema_at_guide_step_and_survives_resumes(screen, tmp_path):
             assert torch.equal(value, resumed.unet.state_dict()[name]), (run, name)
 
 
-def test_guide_step_that_cannot_be_kept_is_refused(screen, tmp_path):
-    def cfg(steps: int, **extra: str):
-        return load_config("demo", tiny_overrides(screen, tmp_path / "run", steps, **extra))
+def test_guide_step_that_cannot_be_kept_is_refused_or_noted(screen, tmp_path, capsys):
+    def cfg(steps: int, out: str = "run", **extra: str):
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, steps, **extra))
 
-    with pytest.raises(InputError, match="guide_step 4 must be below the run's 4 steps"):
-        train(cfg(4, **{"optim.guide_step": "4"}), quiet=True)
-    train(cfg(3), quiet=True)
+    # at or past the run's end there is no less-trained snapshot: no guide, and none recommended
+    short = train(cfg(4, "short", **{"optim.guide_step": "4", "sampling.autoguidance": "1.5"}))
+    assert "optim.guide_step 4 is not below the run's 4 steps" in capsys.readouterr().err
+    model = api.load_model(short.model_path)
+    assert model.guide is None and model.sampling.autoguidance == 0.0
+    train(cfg(3, **{"optim.guide_step": "null"}), quiet=True)
     with pytest.raises(InputError, match="at step 3 already, past it"):
         train(cfg(6, **{"optim.guide_step": "2"}), resume=True, quiet=True)
     train(cfg(4, **{"optim.guide_step": "3"}), resume=True, quiet=True)

@@ -114,11 +114,14 @@ def training_control_statistics(data: TrainingData, channels: tuple[Channel, ...
 def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig, step: int, epoch: int,
                  guide: dict | None = None) -> str:
     """Write the self-contained model file, with the statistics of the training controls and,
-    once the run has passed ``optim.guide_step``, the ``guide`` weights (a state dict of ``weights``' architecture)."""
-    guide_unet = None
+    once the run has passed ``optim.guide_step``, the ``guide`` weights (a state dict of
+    ``weights``' architecture); without them the file recommends no autoguidance."""
+    guide_unet, sampling = None, cfg.sampling
     if guide is not None:
         guide_unet = UNet(weights.config)
         guide_unet.load_state_dict(guide)
+    else:  # before the guide step (or without one) the file cannot recommend what it does not carry
+        sampling = dataclasses.replace(sampling, autoguidance=0.0)
     model = CellFluxModel(
         guide=guide_unet,
         guide_step=cfg.optim.guide_step if guide is not None else None,
@@ -127,7 +130,7 @@ def export_model(path: Path, weights: UNet, data: TrainingData, cfg: TrainConfig
         channels=parse_channels(cfg.data.channels) if cfg.data.channels else data.default_channels,
         image_size=cfg.model.image_size,
         normalization=Normalization(255.0),
-        sampling=cfg.sampling,
+        sampling=sampling,
         training=cfg.to_dict(),
         provenance={"trained_with": "python -m training.train", "config": cfg.name, "step": step, "epoch": epoch,
                     "data": str(data.source), "held_out": list(cfg.data.held_out)},
@@ -316,9 +319,12 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
     if cfg.optim.epochs is not None:
         total_steps = cfg.optim.epochs * data.batches_per_epoch(cfg.optim.batch_size, ddp.world_size)
 
-    if cfg.optim.guide_step is not None and cfg.optim.guide_step >= total_steps:
-        raise InputError(f"optim.guide_step {cfg.optim.guide_step} must be below the run's {total_steps} steps "
-                         "(the guide is a less-trained snapshot of the same run)")
+    # The guide is a less-trained snapshot: at or past the last step there is none to keep.
+    guide_step = cfg.optim.guide_step if cfg.optim.guide_step is not None and cfg.optim.guide_step < total_steps else None
+    if cfg.optim.guide_step is not None and guide_step is None and ddp.is_main and not quiet:
+        print(f"training: note: optim.guide_step {cfg.optim.guide_step} is not below the run's {total_steps} steps, so the "
+              "model file will carry no autoguidance guide and recommend none; lower optim.guide_step to keep one",
+              file=sys.stderr)
     step, epoch, batch_in_epoch, guide = 0, 0, 0, None
     if resume:
         state = load_state(state_path)
@@ -330,7 +336,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        guide = resumed_guide(state, ema, cfg.optim.guide_step, state_path)
+        guide = resumed_guide(state, ema, guide_step, state_path)
         if ddp.is_main:  # a crash between the two checkpoint writes leaves the model file behind the state
             export_model(out / MODEL_FILE, ema.model, data, cfg, step, epoch, guide)
 
@@ -362,7 +368,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
             ema.update(unet)
             step += 1
             batch_in_epoch += 1
-            if step == cfg.optim.guide_step:
+            if step == guide_step:
                 guide = {k: v.clone() for k, v in ema.model.state_dict().items()}
             bar.update(1)
             if ddp.is_main and (step % cfg.run.log_every == 0 or step == total_steps):
