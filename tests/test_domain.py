@@ -66,7 +66,7 @@ def test_the_dna_channel_is_found_by_name():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_bundled_samples_and_field_cut_cells_pass_against_the_demo(demo, seed):
-    assert demo.control_statistics["cells"] == 240  # train-split DMSO cells of the demo's screen
+    assert demo.control_statistics["cells"] == 300  # CONTROL_SAMPLE of the train-split DMSO cells of the demo's screen
     cells = crops_from_field([synthetic_field(seed).image], demo, "synthetic field")
     for pixels in (synthetic_controls(64, seed=seed), cells):
         report = compare(demo.control_statistics, pixels)
@@ -78,7 +78,7 @@ def test_a_channel_copied_into_three_is_named(demo, samples):
     report = compare(demo.control_statistics, copies)
     assert not report.ok
     assert report.findings[0].startswith(
-        "channels 1 and 2 (cytoskeleton, cytoplasm) are copies of channel 0 (DNA) (r = 1.00; the model's training controls have r = 0.27 and 0.45)"
+        "channels 1 and 2 (cytoskeleton, cytoplasm) are copies of channel 0 (DNA) (r = 1.00; the model's training controls have r = 0.29 and 0.46)"
     )
     assert len(report.findings) == 1  # the copies' own measures would only repeat channel 0's
 
@@ -151,7 +151,7 @@ def test_cli_prints_one_warning_line_per_finding_and_still_writes(samples, tmp_p
     assert code == 0 and out.is_file()
     err = capsys.readouterr().err.splitlines()
     assert err == ["cellflux generate: warning: channels 1 and 2 (cytoskeleton, cytoplasm) are copies of channel 0 (DNA) "
-                   "(r = 1.00; the model's training controls have r = 0.27 and 0.45)"]
+                   "(r = 1.00; the model's training controls have r = 0.29 and 0.46)"]
 
 
 def test_training_records_the_statistics_of_its_controls(tmp_path):

@@ -202,7 +202,7 @@ def test_the_synthetic_screen_is_built_as_asked_and_a_different_one_is_refused(t
     synth = {p.relative_to(tmp_path / "synth"): p.read_bytes() for p in (tmp_path / "synth").rglob("*") if p.is_file()}
     assert built == synth and len(built) > 3
     other = load_config("demo", [f"data.root={tmp_path / 'built'}", "data.synthetic_screen.cells_per_perturbation=4"])
-    with pytest.raises(ValueError, match=r"batches 1 \(asked 3\), controls_per_batch 6 \(asked 100\), "
+    with pytest.raises(ValueError, match=r"batches 1 \(asked 3\), controls_per_batch 6 \(asked 500\), "
                                          r"cells_per_perturbation 3 \(asked 4\); point data.root at a new folder"):
         check_synthetic_screen(other.data, image_size=16, build=True)
     with pytest.raises(ValueError, match="data.synthetic_screen: cells=3"):

@@ -3,7 +3,7 @@
 
 The demo file's bytes are pinned by the zoo, so its statistics cannot go inside it; they are
 computed here exactly as ``training.train.export_model`` records them, from the screen the demo
-was trained on (``training/configs/demo.yaml``: the default synthetic screen, seed 0), built in a
+was trained on (``training/configs/demo.yaml``: the five-times synthetic screen, seed 0), built in a
 temporary folder, and the zoo attaches them when it loads the demo.
 """
 

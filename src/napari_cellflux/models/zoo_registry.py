@@ -142,8 +142,8 @@ def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, descr
 
 
 REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="61fb3d3cc96a8a80fb25a5874eec21922e246d0c397787cfa3a5f0cd971f23be",
-                 description="demo model (0.73M parameters, 3 channels, 32 px) trained on the synthetic screen; python -m training.train --config demo"),
+    BundledModel("demo", "demo.safetensors", sha256="92a3d8fa85134cea5db0340ecaf72501da60c696d82c2cc69fbfd0dcda7f58ab",
+                 description="demo model (0.73M parameters + its autoguidance guide, 3 channels, 32 px) trained on the five-times synthetic screen; python -m training.train --config demo"),
     _authors_model(
         "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, sha256=EMB_FP_SHA256,
                               size="76,090 B"), "compound",
