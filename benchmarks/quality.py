@@ -35,14 +35,14 @@ TOLERANCE = 0.05
 FEW_STEP_LIMIT = 20
 
 
-def sampling_for(solver: str, grid: str, nfe: int, guidance: float, noise_level: float,
-                 autoguidance: float = 0.0) -> SamplingConfig | None:
-    """The configuration with exactly ``nfe`` evaluations, or None where there is none."""
+def sampling_for(solver: str, grid: str, nfe: int, base: SamplingConfig) -> SamplingConfig | None:
+    """``base`` (guidance, noise level, autoguidance) with ``solver`` on ``grid`` at exactly ``nfe``
+    evaluations, or None where there is none."""
     per_step = EVALUATIONS_PER_STEP[solver]
     steps = nfe // per_step
     if nfe % per_step or steps < GRID_MIN_STEPS[grid]:
         return None
-    return SamplingConfig(solver, grid, steps, guidance, noise_level, autoguidance)
+    return base.with_overrides(solver=solver, grid=grid, steps=steps)
 
 
 def morphology_means(pixels: np.ndarray) -> dict[str, float]:
@@ -68,7 +68,8 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
     model.to(device)
     controls = C.controls_for(model, cells, seed)
     # The model's own guidance, noise level and autoguidance (an evaluation is then two networks)
-    guidance, noise_level, autoguidance = model.sampling.guidance, model.sampling.noise_level, model.sampling.autoguidance
+    own = model.sampling
+    guidance, noise_level, autoguidance = own.guidance, own.noise_level, own.autoguidance
 
     def generate(sampling: SamplingConfig, **options) -> torch.Tensor:
         opts = dict(precision="fp32", channels_last=False, compile=False, batch_guidance=True)
@@ -76,7 +77,7 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
         return api.generate(model, controls, name, sampling=sampling, seed=seed, batch_size=cells,
                             final_only=True, speed=SpeedOptions(**opts)).final
 
-    reference_sampling = sampling_for("heun", "edm", reference_nfe, guidance, noise_level, autoguidance)
+    reference_sampling = sampling_for("heun", "edm", reference_nfe, own)
     if reference_sampling is None:
         raise InputError(f"--reference-nfe must be an even number >= 4, got {reference_nfe}")
     reference = generate(reference_sampling)
@@ -110,7 +111,7 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
     for solver in SOLVER_NAMES:
         for grid in GRID_NAMES:
             for nfe in nfes:
-                sampling = sampling_for(solver, grid, nfe, guidance, noise_level, autoguidance)
+                sampling = sampling_for(solver, grid, nfe, own)
                 if sampling is None:
                     continue
                 final = reference if sampling == reference_sampling else generate(sampling)

@@ -32,6 +32,10 @@ class EMA:
         for shadow, param in zip(self.model.parameters(), model.parameters()):
             shadow.lerp_(param.detach(), weight)
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the averaged weights as they are now (the autoguidance guide keeps one)."""
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
     def state_dict(self) -> dict:
         return {"num_updates": self.num_updates, "model": self.model.state_dict()}
 

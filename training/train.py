@@ -226,7 +226,7 @@ def resumed_guide(state: dict, ema: EMA, guide_step: int | None, path: Path) -> 
     if guide_step is None or guide_step > step:
         return None
     if guide_step == step:
-        return {k: v.clone() for k, v in ema.model.state_dict().items()}
+        return ema.snapshot()
     raise InputError(f"cannot resume {path} with optim.guide_step {guide_step}: the run is at step {step} already, past it; "
                      "choose a guide step >= the saved step, or train a new run with optim.guide_step set from the start")
 
@@ -369,7 +369,7 @@ def _train(cfg: TrainConfig, resume: bool, quiet: bool, device: torch.device, dd
             step += 1
             batch_in_epoch += 1
             if step == guide_step:
-                guide = {k: v.clone() for k, v in ema.model.state_dict().items()}
+                guide = ema.snapshot()
             bar.update(1)
             if ddp.is_main and (step % cfg.run.log_every == 0 or step == total_steps):
                 now = time.time()

@@ -57,8 +57,7 @@ def estimate_cost(model: CellFluxModel, controls, n_cells: int, sampling: Sampli
     says long, more cells are timed, each probe as many as PROBE_BUDGET_S allows at the last
     probe's time per cell, up to a whole batch as the run will use; where even two cells would
     cost more (a published model on a CPU: seconds per cell) the one-cell time stands."""
-    one_step = SamplingConfig(solver="euler", grid="uniform", steps=1, guidance=sampling.guidance,
-                              noise_level=sampling.noise_level, autoguidance=sampling.autoguidance)
+    one_step = sampling.with_overrides(solver="euler", grid="uniform", steps=1)  # the run's guidance, noise, autoguidance
 
     def timed(cells) -> float:
         started = perf_counter()
