@@ -3,12 +3,12 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.2 0.35] [--autoguidance 0 1.5] [--noise-level L] [--steps S] [--modes sample morph]
+        [--guidance 0.1 0.2] [--autoguidance 0 1.5] [--noise-level L] [--steps S] [--modes sample morph]
         [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
-Each model is generated with its own sampler but the given guidance; the screen's test split, seed
-0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
+Each model is generated with its own sampler, at the given guidance (default: the model's own in each
+mode); the screen's test split, seed 0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
 reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres,
 with where those cells' fibres come from (``training.metrics.fibre_origin``: the share of its
 control's own fibre pattern each carries, against the real cells' share, about 0, and the rest
@@ -40,11 +40,12 @@ RESULTS = Path(__file__).parent / "results" / "recipes.json"
 WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 
 
-def score_models(checkpoints: list[str], screen: Path, guidances: list[float], seed: int = 0,
+def score_models(checkpoints: list[str], screen: Path, guidances: list[float | None], seed: int = 0,
                  noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES,
                  steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,)) -> list[dict]:
     """One row per model, mode, guidance and autoguidance: the seen compounds' shares, the unseen
-    ones', and fibre coherence generated / real. ``noise_level`` replaces each model's own for
+    ones', and fibre coherence generated / real. A guidance of None is the model's own for the
+    mode (``SamplingConfig.for_mode``). ``noise_level`` replaces each model's own for
     ``sample`` (``morph`` starts from the clean controls whatever it is), and so does each of
     ``autoguidances`` (None: the model's own; ``morph`` runs without, so once);
     ``steps`` replaces each model's solver steps."""
@@ -88,7 +89,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
-                    "guidance": guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
+                    "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
                     "steps": sampling.steps, "seen": seen,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
@@ -101,7 +102,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float], s
                     "fibres_control_gain_real": float(real_origin[:, 0].mean()),
                     "fibres_new_over_real": float(origin[:, 1].mean() / real_origin[:, 1].mean()),
                 })
-                print(f"{path} {mode} guidance {guidance:g} autoguidance {sampling.autoguidance:g}: "
+                print(f"{path} {mode} guidance {sampling.guidance:g} autoguidance {sampling.autoguidance:g}: "
                       f"{rows[-1]['within']} of {len(seen)} within 10%",
                       file=sys.stderr, flush=True)
     return rows
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints", nargs="+", required=True, help="model files (.safetensors)")
     p.add_argument("--screen", type=Path, default=Path("runs/modes/screen_5x"),
                    help="synthetic screen to score on (default: the five-times screen of docs/modes.md)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[0.2, 0.35])
+    p.add_argument("--guidance", type=float, nargs="+", default=[None],
+                   help="guidance values, each a row in both modes (default: each model's own in each mode)")
     p.add_argument("--autoguidance", type=float, nargs="+", default=[None],
                    help="sample mode's autoguidance values, each a row (default: each model's own; morph runs without)")
     p.add_argument("--noise-level", type=float, default=None,

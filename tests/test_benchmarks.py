@@ -142,9 +142,10 @@ def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
 
     screen = tmp_path / "screen"
     make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
-    own = api.load_model(DEMO).sampling.guidance  # the demo's own sampler, as evaluate_mode runs it
-    rows = score_models([str(DEMO)], screen, guidances=[own])
-    assert [(r["mode"], r["guidance"]) for r in rows] == [("morph", own), ("sample", own)]
+    # no guidance given: each mode at the demo's own (which differ), as evaluate_mode runs it
+    own = {mode: api.load_model(DEMO).sampling.for_mode(mode).guidance for mode in ("morph", "sample")}
+    rows = score_models([str(DEMO)], screen, guidances=[None])
+    assert [(r["mode"], r["guidance"]) for r in rows] == list(own.items()) and own["morph"] != own["sample"]
     for row in rows:
         # the same cells, measured once here and once per mode there: the same shares
         expected = {f"{e['perturbation']} {e['feature']}": e[f"{row['mode']}_recovered"] for e in

@@ -73,6 +73,33 @@ def test_morph_starts_from_the_clean_controls_whatever_the_sampling_says(model, 
     np.testing.assert_allclose(result.frame_times, [0, 0.25, 0.5, 0.75, 1])
 
 
+def test_a_model_can_recommend_another_guidance_for_morph(model, cells, tmp_path):
+    from dataclasses import replace
+
+    from napari_cellflux.models.model_file import load_model_file, save_model
+
+    two = SamplingConfig(guidance=0.2, morph_guidance=0.05)
+    assert two.for_mode("morph") == SamplingConfig(guidance=0.05, noise_level=0.0)
+    assert two.for_mode("sample") == SamplingConfig(guidance=0.2)
+    # an explicit guidance is the guidance of both modes; other overrides keep the morph's
+    assert two.with_overrides(guidance=0.3).for_mode("morph").guidance == 0.3
+    assert two.with_overrides(steps=3, guidance=None).for_mode("morph").guidance == 0.05
+    with pytest.raises(InputError, match="morph_guidance must be >= 0"):
+        SamplingConfig(morph_guidance=-0.1)
+    # a morph at morph_guidance is the morph at that guidance, and is recorded as such
+    morphed = run(model, cells, "morph", replace(FAST, morph_guidance=0.05))
+    assert morphed.trajectory.metadata["guidance"] == 0.05 and morphed.trajectory.metadata["morph_guidance"] is None
+    np.testing.assert_array_equal(morphed.pixels, run(model, cells, "morph", replace(FAST, guidance=0.05)).pixels)
+    assert not np.array_equal(morphed.pixels, run(model, cells, "morph").pixels)
+    sampled = run(model, cells, "sample", replace(FAST, morph_guidance=0.05))
+    np.testing.assert_array_equal(sampled.pixels, run(model, cells, "sample").pixels)
+    # the model file keeps it; a file without it morphs at its guidance
+    path = tmp_path / "two.safetensors"
+    save_model(replace(model, sampling=replace(FAST, morph_guidance=0.05)), path)
+    assert load_model_file(path).sampling.morph_guidance == 0.05
+    assert load_model_file(tiny_model_file(tmp_path / "one.safetensors")).sampling.morph_guidance is None
+
+
 def test_a_source_noise_network_is_told_each_modes_start(cells, tmp_path):
     """A network built with condition_on_source_noise hears 0 in every morph forward and the
     sampling noise level in every sample forward, and keeps the option through its model file."""
@@ -183,6 +210,7 @@ def test_cli_mode_end_to_end_on_the_demo(mode, extra_frames, tmp_path, capsys):
     np.testing.assert_array_equal(frames[0], synthetic_controls(3, 32, 3, 4))  # the CLI's synthetic controls for seed 4
     assert info["mode"] == mode and info["noise_level"] == (0.0 if mode == "morph" else api.load_model("demo").sampling.noise_level)
     assert info["frames"][0] == "controls (t = 0)" and info["precision"] == "fp32"
+    assert info["guidance"] == api.load_model("demo").sampling.for_mode(mode).guidance
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -212,6 +212,19 @@ def test_the_synthetic_screen_is_built_as_asked_and_a_different_one_is_refused(t
         check_synthetic_screen(cfg.data, image_size=16, build=True)
 
 
+def test_the_shipped_demo_records_the_demo_config_and_its_sampler():
+    """training/configs/demo.yaml is the whole recipe of the bundled file, its sampler included
+    (the per-mode guidance docs/modes.md measures)."""
+    import json
+
+    model = api.load_model("demo", device="cpu")
+    cfg = load_config("demo")
+    assert model.provenance["config"] == "demo" and model.provenance["step"] == cfg.optim.steps
+    assert model.training == json.loads(json.dumps(cfg.to_dict())) and model.sampling == cfg.sampling
+    assert model.guide_step == cfg.optim.guide_step
+    assert model.sampling.for_mode("morph").guidance < model.sampling.for_mode("sample").guidance
+
+
 def test_unknown_config_name_lists_the_known_ones():
     with pytest.raises(FileNotFoundError, match="bbbc021"):
         load_config("nonexistent")

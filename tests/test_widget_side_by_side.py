@@ -173,6 +173,33 @@ def test_autoguidance_field_follows_the_model_and_the_mode(viewer_and_widget, qt
     assert widget.columns.runs[-1].result.trajectory.metadata["autoguidance"] == 0.0
 
 
+def test_guidance_field_shows_each_modes_guidance_until_the_user_sets_one(viewer_and_widget, qtbot, tmp_path):
+    from dataclasses import replace
+
+    from napari_cellflux.models.model_file import save_model
+
+    _, widget = viewer_and_widget
+    field = widget.sampling.guidance
+    model = guided_model()
+    model.sampling = replace(model.sampling, guidance=0.2, morph_guidance=0.1)
+    save_model(model, tmp_path / "two.safetensors")
+    widget.mode.setCurrentIndex(widget.mode.findData("morph"))
+    load(qtbot, widget, tmp_path / "two.safetensors")
+    assert field.value() == 0.1
+    run(qtbot, widget, "colchicine")
+    assert widget.columns.runs[-1].result.trajectory.metadata["guidance"] == 0.1
+    widget.mode.setCurrentIndex(widget.mode.findData("sample"))
+    assert field.value() == 0.2
+    run(qtbot, widget, "PP-2", mode="sample")
+    assert widget.columns.runs[-1].result.trajectory.metadata["guidance"] == 0.2
+    field.setValue(0.35)  # the user's own guidance stays through a change of mode, and is the morph's
+    widget.mode.setCurrentIndex(widget.mode.findData("morph"))
+    assert field.value() == 0.35
+    widget.result.clear_button.click()  # a rerun of colchicine would take its column
+    run(qtbot, widget, "colchicine")
+    assert widget.columns.runs[-1].result.trajectory.metadata["guidance"] == 0.35
+
+
 def test_dock_order_tooltips_and_scrolling(viewer_and_widget, qtbot):
     _, widget = viewer_and_widget
     content = widget.scroll.widget()

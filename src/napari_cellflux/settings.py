@@ -97,6 +97,11 @@ class SamplingConfig:
     diffusion model with a bad version of itself"; their w is 1 + a). Where the two differ is what
     longer training learnt, chiefly the fine detail that sampling must rebuild from the noise;
     0 = none. Each side is guided by ``guidance`` as without it.
+
+    morph_guidance: the guidance morph runs with, where a model file recommends another than
+    sample's (None = ``guidance``). From the clean control a morph carries each cell's own detail
+    and needs less push than a sample drawn from noise (docs/modes.md); a guidance the user gives
+    applies in both modes (:meth:`with_overrides`).
     """
 
     solver: str = "heun"
@@ -105,13 +110,16 @@ class SamplingConfig:
     guidance: float = 0.2
     noise_level: float = 0.5
     autoguidance: float = 0.0
+    morph_guidance: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "solver", canonical_solver(self.solver))
         check_steps(self.grid, self.steps)
         object.__setattr__(self, "steps", int(self.steps))  # 20.0 from a YAML or JSON file is 20
-        for name in ("guidance", "noise_level", "autoguidance"):
+        for name in ("guidance", "noise_level", "autoguidance", "morph_guidance"):
             value = getattr(self, name)
+            if name == "morph_guidance" and value is None:
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
 
@@ -121,19 +129,27 @@ class SamplingConfig:
         return self.steps * EVALUATIONS_PER_STEP[self.solver]
 
     def with_overrides(self, **changes) -> "SamplingConfig":
-        """These settings with the given fields changed; a field given as None keeps its value.
+        """These settings with the given fields changed; a field given as None keeps its value, and a
+        guidance given without a morph_guidance is the guidance of both modes.
         The one home of "the model's defaults plus the user's options" (CLI, evaluation, benchmarks)."""
         unknown = sorted(set(changes) - set(asdict(self)))
         if unknown:
             raise InputError(f"unknown sampling settings {unknown}; valid: {sorted(asdict(self))}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        given = {k: v for k, v in changes.items() if v is not None}
+        if "guidance" in given and "morph_guidance" not in given:
+            given["morph_guidance"] = None
+        return replace(self, **given)
 
     def for_mode(self, mode: str) -> "SamplingConfig":
         """The settings a run in ``mode`` integrates with: morph from the clean control (noise
         level 0 and no autoguidance, whatever these settings say: the control's own fine detail
         is there from the start, and extrapolating away from the guide only exaggerates it,
-        docs/modes.md), sample with these settings as they are."""
-        return replace(self, noise_level=0.0, autoguidance=0.0) if check_mode(mode) == "morph" else self
+        docs/modes.md) at its morph_guidance, sample with these settings as they are. The result
+        has no morph_guidance: its guidance is the one the run uses."""
+        if check_mode(mode) == "sample":
+            return replace(self, morph_guidance=None)
+        guidance = self.guidance if self.morph_guidance is None else self.morph_guidance
+        return replace(self, guidance=guidance, noise_level=0.0, autoguidance=0.0, morph_guidance=None)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -46,7 +46,7 @@ SAMPLING_TIPS = {
     "steps": "Solver steps from t = 0 to 1: more follow the flow more closely and take proportionally longer; "
              "the t slider gets one frame per step",
     "guidance": "Classifier-free guidance w: v = (1 + w) v(perturbation) - w v(unconditional); 0 = none, "
-                "higher exaggerates the perturbation's effect",
+                "higher exaggerates the perturbation's effect. Shows the model's value for the chosen mode",
     "noise level": "Sample mode: the start is control + level x Gaussian noise (the paper's 0.5); higher frees the "
                    "generated cells further from their controls' shapes. Keep the model's own (the level it was "
                    "trained with): at another it removes noise that is not there, and fine texture with it",
@@ -77,6 +77,7 @@ class SamplingBox(QCollapsible):
         self.noise = spin(0.0, 5.0, 0.5, step=0.05)
         self.autoguidance = spin(0.0, 10.0, 0.0, step=0.25)
         self.has_guide, self.morph = False, False
+        self.defaults: SamplingConfig | None = None  # the model's, for each mode's guidance
         self.seed = spin(0, 2**31 - 1, 0)
         self.cells = spin(1, 100_000, 16)
         form = QWidget()
@@ -91,7 +92,10 @@ class SamplingBox(QCollapsible):
         self.addWidget(form)
 
     def set_mode(self, mode: str) -> None:
-        """Morph ignores the noise level and autoguidance (it starts from the clean controls): the fields say so."""
+        """Morph ignores the noise level and autoguidance (it starts from the clean controls): the
+        fields say so. The guidance shown becomes the model's for the new mode, unless the user changed it."""
+        if self.defaults is not None and self.guidance.value() == round(self._default_guidance(), self.guidance.decimals()):
+            self.guidance.setValue(self.defaults.for_mode(mode).guidance)
         self.morph = mode == "morph"
         self.noise.setEnabled(not self.morph)
         self.noise.setToolTip(MORPH_NOISE_TIP if self.morph else SAMPLING_TIPS["noise level"])
@@ -101,11 +105,15 @@ class SamplingBox(QCollapsible):
         self.solver.setCurrentText(sampling.solver)
         self.grid.setCurrentText(sampling.grid)
         self.steps.setValue(sampling.steps)
-        self.guidance.setValue(sampling.guidance)
+        self.defaults = sampling
+        self.guidance.setValue(self._default_guidance())
         self.noise.setValue(sampling.noise_level)
         self.autoguidance.setValue(sampling.autoguidance)
         self.has_guide = has_guide
         self._show_autoguidance()
+
+    def _default_guidance(self) -> float:
+        return self.defaults.for_mode("morph" if self.morph else "sample").guidance
 
     def _show_autoguidance(self) -> None:
         self.autoguidance.setEnabled(self.has_guide and not self.morph)
