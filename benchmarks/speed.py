@@ -88,9 +88,11 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
         (f"midpoint_uniform_{nfe // 2}", "sample"): single.with_overrides(solver="midpoint", grid="uniform", steps=max(nfe // 2, 2)),
     }
     samplings = {k: v for k, v in samplings.items() if v.solver in solvers}
-    own = model.sampling
-    label = f"own_{own.solver}_{own.grid}_{own.steps}" + (f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "")
-    samplings |= {(label, mode): own.for_mode(mode) for mode in MODE_NAMES}
+    for mode in MODE_NAMES:
+        own = model.sampling.for_mode(mode)
+        label = f"own_{own.solver}_{own.grid}_{own.steps}_guidance_{own.guidance:g}" + (
+            f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "")
+        samplings[label, mode] = own
     rows = []
     for variant in variants(device, compile_modes):
         for (label, mode), sampling in samplings.items():
