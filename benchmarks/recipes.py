@@ -7,16 +7,16 @@ modes and at several guidances, on one screen, with the real and control cells m
         [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
-Each model is generated with its own sampler, at the given guidance (default: the model's own in each
-mode); the screen's test split, seed 0, as ``training.evaluate`` selects it. Fibre coherence (``training.metrics.fibre_coherence``) is
-reported beside, as generated / real averaged over the seen compounds whose real cells keep fibres,
-with where those cells' fibres come from (``training.metrics.fibre_origin``: the share of its
-control's own fibre pattern each carries, against the real cells' share, about 0, and the rest
-of its fine detail over the real cells'), and so is what each mode does to the test controls under
-the model's control perturbation (DMSO -> DMSO): each effect feature's generated / real ratio, 1
-where the controls are left as they are. A model trained only on treated targets (the demo) never
-learnt that null, so this shows what its untrained control condition, which the widget and
-``--all-perturbations`` screens offer, does.
+Each model is generated with its own sampler, at the given guidance (default: the model's own in
+each mode); the screen's test split, seed 0, as ``training.evaluate`` selects it. Fibre coherence
+(``training.metrics.fibre_coherence``) is reported beside, as generated / real averaged over the
+seen compounds whose real cells keep fibres, with where those cells' fibres come from
+(``training.metrics.fibre_origin``: the share of its control's own fibre pattern each carries,
+against the real cells' share, about 0, and the rest of its fine detail over the real cells'), and
+so is what each mode does to the test controls under the model's control perturbation (DMSO ->
+DMSO): each effect feature's generated / real ratio, 1 where the controls are left as they are. A
+model trained only on treated targets (the demo) never learnt that null, so this shows what its
+untrained control condition, which the widget and ``--all-perturbations`` screens offer, does.
 """
 
 from __future__ import annotations
