@@ -69,7 +69,6 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
     controls = C.controls_for(model, cells, seed)
     # The model's own guidance, noise level and autoguidance (an evaluation is then two networks)
     own = model.sampling
-    guidance, noise_level, autoguidance = own.guidance, own.noise_level, own.autoguidance
 
     def generate(sampling: SamplingConfig, **options) -> torch.Tensor:
         opts = dict(precision="fp32", channels_last=False, compile=False, batch_guidance=True)
@@ -82,7 +81,7 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
         raise InputError(f"--reference-nfe must be an even number >= 4, got {reference_nfe}")
     reference = generate(reference_sampling)
     noise = torch.randn(controls.shape, generator=torch.Generator().manual_seed(seed))
-    start = controls + noise_level * noise  # x_init, exactly as generate() draws it
+    start = controls + own.noise_level * noise  # x_init, exactly as generate() draws it
     moved = float((reference - start).pow(2).mean().sqrt())
     reference_pixels = model.normalization.to_pixels(reference)
     reference_morphology = morphology_means(reference_pixels)
@@ -136,9 +135,9 @@ def quality_vs_nfe(model, model_description: str, *, device: torch.device, cells
         "perturbation": name,
         "cells": cells,
         "seed": seed,
-        "guidance": guidance,
-        "noise_level": noise_level,
-        "autoguidance": autoguidance,
+        "guidance": own.guidance,
+        "noise_level": own.noise_level,
+        "autoguidance": own.autoguidance,
         "reference": {"solver": "heun", "grid": "edm", "nfe": reference_nfe, "precision": "fp32"},
         "reference_rms_displacement": moved,
         "reference_morphology": reference_morphology,

@@ -94,8 +94,10 @@ class SamplingBox(QCollapsible):
     def set_mode(self, mode: str) -> None:
         """Morph ignores the noise level and autoguidance (it starts from the clean controls): the
         fields say so. The guidance shown becomes the model's for the new mode, unless the user changed it."""
-        if self.defaults is not None and self.guidance.value() == round(self._default_guidance(), self.guidance.decimals()):
-            self.guidance.setValue(self.defaults.for_mode(mode).guidance)
+        if self.defaults is not None:
+            untouched = self.guidance.value() == round(self._default_guidance(self.mode), self.guidance.decimals())
+            if untouched:
+                self.guidance.setValue(self._default_guidance(mode))
         self.morph = mode == "morph"
         self.noise.setEnabled(not self.morph)
         self.noise.setToolTip(MORPH_NOISE_TIP if self.morph else SAMPLING_TIPS["noise level"])
@@ -106,14 +108,19 @@ class SamplingBox(QCollapsible):
         self.grid.setCurrentText(sampling.grid)
         self.steps.setValue(sampling.steps)
         self.defaults = sampling
-        self.guidance.setValue(self._default_guidance())
+        self.guidance.setValue(self._default_guidance(self.mode))
         self.noise.setValue(sampling.noise_level)
         self.autoguidance.setValue(sampling.autoguidance)
         self.has_guide = has_guide
         self._show_autoguidance()
 
-    def _default_guidance(self) -> float:
-        return self.defaults.for_mode("morph" if self.morph else "sample").guidance
+    @property
+    def mode(self) -> str:
+        return "morph" if self.morph else "sample"
+
+    def _default_guidance(self, mode: str) -> float:
+        """The model's guidance for ``mode`` (its morph_guidance in morph)."""
+        return self.defaults.for_mode(mode).guidance
 
     def _show_autoguidance(self) -> None:
         self.autoguidance.setEnabled(self.has_guide and not self.morph)
