@@ -185,6 +185,10 @@ def test_blank_and_one_channel_cells_measure_without_failing():
     assert one["nuclear_area"] == 24 and one["cell_area"] == 24 and "texture_c1" not in one
     with pytest.raises(ValueError, match="nuclear channel 3"):
         M.measure_cells(blank, nuclear_channel=3)
+    channels_last = np.moveaxis(np.repeat(blank, 2, axis=2)[:, :, :, :16], 1, -1)  # (1, 32, 16, 3)
+    with pytest.raises(ValueError, match=r"cells must be \(N, C, H, W\) crops of at least 8 x 8 px, got shape "
+                                         r"\(1, 32, 16, 3\); if the channels are last, move them first"):
+        M.measure_cells(channels_last)
 
 
 def test_logistic_classifier_separates_classes_and_tolerates_nan():

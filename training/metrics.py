@@ -172,6 +172,7 @@ def kid(
 # Morphology measured from pixels: the phenotype readouts (napari_cellflux.phenotype, cp-measure)
 
 EFFECT_FEATURES_BASE = ("nuclear_area", "cell_elongation")
+MIN_CROP_PX = 8  # a smaller crop holds no cell the masks can outline
 
 
 def morphology_columns(channels: int) -> list[str]:
@@ -210,6 +211,11 @@ def measure_cells(pixels: np.ndarray, nuclear_channel: int = 0) -> pd.DataFrame:
     pixels = np.asarray(pixels)
     if pixels.ndim != 4:
         raise InputError(f"cells must be (N, C, H, W), got shape {pixels.shape}")
+    if min(pixels.shape[2:]) < MIN_CROP_PX:
+        # Channels read from the shape: cells with their channels last would be measured as
+        # C "channels" of W x C px, which no mask fits.
+        raise InputError(f"cells must be (N, C, H, W) crops of at least {MIN_CROP_PX} x {MIN_CROP_PX} px, got shape "
+                         f"{pixels.shape}; if the channels are last, move them first: np.moveaxis(cells, -1, 1)")
     if not 0 <= nuclear_channel < pixels.shape[1]:
         raise InputError(f"nuclear channel {nuclear_channel} does not exist in {pixels.shape[1]}-channel cells")
     names = tuple(f"c{c}" for c in range(pixels.shape[1]))  # the nuclear channel is given, not found by name
