@@ -258,19 +258,3 @@ def test_recipes_scores_each_autoguidance_in_sample_and_morph_once(tmp_path):
     assert [(r["mode"], r["autoguidance"]) for r in rows] == [("morph", 0.0), ("sample", 0.0), ("sample", 1.0)]
     assert rows[1]["seen"] != rows[2]["seen"]
     assert "| guided | sample | 0 | 1 | " in markdown(rows)
-
-
-def test_pair_alignment_measures_each_couplings_pairs(tmp_path):
-    from benchmarks import pair_alignment
-    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
-
-    screen = tmp_path / "screen"
-    make_synthetic_screen(screen, SyntheticScreenConfig(image_size=32, batches=2, controls_per_batch=8,
-                                                        cells_per_perturbation=6))
-    out = tmp_path / "alignment.json"
-    assert pair_alignment.main(["--screen", str(screen), "--perturbations", "PP-2", "--cells", "4", "--epochs", "2",
-                                "--out", str(out), "data.synthetic=false"]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [(r["coupling"], r["perturbation"]) for r in rows] == [("ot", "PP-2"), ("ot_aligned", "PP-2")]
-    for r in rows:
-        assert 0 < r["pairs"] <= 8 and 0 <= r["mean_abs_degrees"] <= r["rms_degrees"] <= 90

@@ -146,8 +146,8 @@ def test_ot_coupling_pairs_each_group_in_order_of_brightness(tmp_path):
     pairs, cells = ot_pairs(tmp_path)
     values = cells["value"].to_numpy()
     for seed in range(5):
-        controls, poses = pairs.coupled_controls(np.random.default_rng(seed))
-        assert len(controls) == len(pairs) and not poses.any()  # plain ot keeps every cell as it is
+        controls = pairs.coupled_controls(np.random.default_rng(seed))
+        assert len(controls) == len(pairs)
         groups = pd.DataFrame({"target": pairs.targets, "control": controls,
                                "perturbation": pairs.perturbation_index,
                                "batch": pairs.table.cells["batch"].to_numpy()[pairs.targets]})
@@ -162,7 +162,7 @@ def test_ot_coupling_keeps_every_control_as_likely(tmp_path):
     pairs, _ = ot_pairs(tmp_path)
     counts = Counter()
     for seed in range(400):
-        counts.update(pairs.coupled_controls(np.random.default_rng(seed))[0].tolist())
+        counts.update(pairs.coupled_controls(np.random.default_rng(seed)).tolist())
     pool = pairs.controls_by_batch["P1"]
     drawn = np.array([counts[int(c)] for c in pool])
     expected = 400 * 11 / len(pool)  # 11 treated cells of P1, each with a control of P1's 12
@@ -171,7 +171,7 @@ def test_ot_coupling_keeps_every_control_as_likely(tmp_path):
 
 def test_ot_coupling_uses_the_given_control_and_flips_the_pair_together(tmp_path):
     pairs, _ = ot_pairs(tmp_path, flip_prob=0.5, seed=0)
-    controls, _ = pairs.coupled_controls(np.random.default_rng(0))
+    controls = pairs.coupled_controls(np.random.default_rng(0))
     corners = Counter()
     for i in range(len(pairs)):
         item = pairs.item(i, torch.Generator().manual_seed(i), int(controls[i]))
@@ -182,49 +182,10 @@ def test_ot_coupling_uses_the_given_control_and_flips_the_pair_together(tmp_path
     assert len(corners) >= 3  # and the pairs are flipped in different ways
 
 
-@pytest.mark.parametrize("coupling", ["ot", "ot_aligned"])
-def test_ot_coupling_refuses_a_random_control(tmp_path, coupling):
-    pairs, _ = ot_pairs(tmp_path, coupling=coupling)
-    with pytest.raises(ValueError, match=rf"coupling '{coupling}' matches controls per epoch: pass control_id \(and pose\) "
-                                         r"from coupled_controls\(rng\)"):
+def test_ot_coupling_refuses_a_random_control(tmp_path):
+    pairs, _ = ot_pairs(tmp_path)
+    with pytest.raises(ValueError, match="pass control_id from coupled_controls"):
         pairs[0]
-
-
-@pytest.mark.parametrize("pose", range(8))
-def test_ot_aligned_turns_each_target_to_the_pose_of_its_control(tmp_path, pose):
-    # One control and one treated cell per batch, the treated cell a turned / mirrored copy of a
-    # patterned control: "ot_aligned" pairs them with the pose that turns it back, "ot" leaves it.
-    from napari_cellflux.data.dataset import turn
-
-    tree = write_impa_tree(tmp_path, controls=1, treated={"drugA": 1}, test_every=100)
-    file_of = {int(np.load(f)[1, 1, 0]): f for f in tmp_path.rglob("*.npy")}  # each cell's value -> its file
-    rng = np.random.default_rng(pose)
-    for _, group in tree.cells.groupby("batch"):
-        pattern = torch.from_numpy(rng.integers(0, 200, (3, 8, 8), dtype=np.uint8))
-        undone = torch.rot90(pattern, -(pose % 4), dims=(-2, -1))  # the control in the pose ``pose`` undoes
-        undone = undone.flip(-1) if pose >= 4 else undone
-        assert torch.equal(turn(undone, pose), pattern)
-        control, treated = group.sort_values("is_control", ascending=False)["value"]
-        np.save(file_of[control], pattern.permute(1, 2, 0).numpy())
-        np.save(file_of[treated], undone.permute(1, 2, 0).numpy())
-    for coupling, aligned in (("ot_aligned", True), ("ot", False)):
-        pairs = CellPairDataset(read_impa(tree.csv), toy_vocabulary(),
-                                PairingConfig(split=None, dequantize=False, flip_prob=0.0, coupling=coupling))
-        controls, poses = pairs.coupled_controls(np.random.default_rng(0))
-        for i in range(len(pairs)):
-            item = pairs.item(i, torch.Generator().manual_seed(i), int(controls[i]), int(poses[i]))
-            same = torch.equal(item["target"], item["control"])
-            assert same == (aligned or pose == 0), (coupling, pose, int(poses[i]))
-
-
-def test_ot_aligned_needs_square_cells(tmp_path):
-    tree = write_impa_tree(tmp_path, controls=2, treated={"drugA": 2}, test_every=100)
-    for f in tmp_path.rglob("*.npy"):
-        np.save(f, np.zeros((8, 6, 3), dtype=np.uint8))
-    with pytest.raises(ValueError, match="coupling 'ot_aligned' turns cells by quarter turns, so crops must be square; "
-                                         "these are 8 x 6 px"):
-        CellPairDataset(read_impa(tree.csv), toy_vocabulary(),
-                        PairingConfig(split=None, coupling="ot_aligned"))
 
 
 # --- control targets (control -> control pairs) ------------------------------------------------
@@ -246,7 +207,7 @@ def test_control_targets_add_control_to_control_pairs_under_the_control_name(tmp
     assert len(set(extra.tolist())) == len(extra)  # fewer than the 24 controls: none repeated
     assert set(cells["batch"].to_numpy()[extra]) == {"P1", "P2"}  # spread over the screen's controls
     assert (pairs.perturbation_index[treated:] == vocabulary.index("DMSO")).all()
-    controls = pairs.coupled_controls(np.random.default_rng(0))[0] if coupling == "ot" else None
+    controls = pairs.coupled_controls(np.random.default_rng(0)) if coupling == "ot" else None
     for i in range(treated, len(pairs)):
         item = pairs.item(i, torch.Generator().manual_seed(i), None if controls is None else int(controls[i]))
         assert item["perturbation"] == vocabulary.index("DMSO")
@@ -267,7 +228,7 @@ def test_control_targets_outside_zero_to_one_are_refused():
 
 
 def test_unknown_coupling_is_an_error():
-    with pytest.raises(ValueError, match="coupling must be one of independent, ot, ot_aligned"):
+    with pytest.raises(ValueError, match="coupling must be one of independent, ot"):
         PairingConfig(coupling="exact")
 
 

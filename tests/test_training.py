@@ -50,10 +50,10 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("coupling,decay_steps", [("independent", 0), ("ot", 0), ("ot_aligned", 0), ("independent", 4)])
+@pytest.mark.parametrize("coupling,decay_steps", [("independent", 0), ("ot", 0), ("independent", 4)])
 def test_resumed_run_matches_straight_run(screen, tmp_path, coupling, decay_steps):
     # 12 steps of batch 4 cross the first epoch (36 treated cells, 9 batches) after the resume
-    # at step 8, so the ot couplings' per-epoch assignment (and poses) is made by the resumed run too. A
+    # at step 8, so the ot coupling's per-epoch assignment is made by the resumed run too. A
     # cool-down over steps 8-11 may be added on resume: the first 8 ran at the same constant rate.
     def cfg(out: str, steps: int, decay: int = decay_steps):
         return load_config("demo", tiny_overrides(screen, tmp_path / out, 12, **{

@@ -29,9 +29,8 @@ class DataConfig:
     synthetic screen in root first if it is not there (the demo), of synthetic_seed and the counts
     in synthetic_screen (SyntheticScreenConfig's SYNTHETIC_COUNTS; {} = its defaults, as `cellflux
     synth` with the same options writes it). coupling: how treated
-    cells get their controls, "independent" (the paper), "ot" (minibatch optimal transport
-    within each perturbation and batch) or "ot_aligned" (the same, each treated cell turned to the
-    pose closest to its control; napari_cellflux.data.dataset). control_targets: the share
+    cells get their controls, "independent" (the paper) or "ot" (minibatch optimal transport
+    within each perturbation and batch; napari_cellflux.data.dataset). control_targets: the share
     of training pairs that are control -> control under the control's name (0: the paper).
     """
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from napari_cellflux.data.dataset import MATCHED, CellPairDataset, PairingConfig
+from napari_cellflux.data.dataset import CellPairDataset, PairingConfig
 from napari_cellflux.data.screens import OptionNames, read_screen_table, under
 from napari_cellflux.data.synthetic import (
     SCREEN_INFO,
@@ -31,23 +31,22 @@ OPTION_NAMES = OptionNames(root="data.root", format="data.format", metadata="dat
 
 class SeededItems(Dataset):
     """Item i of ``pairs`` drawn with a generator seeded from (seed, epoch, i): the same draw
-    (control, dequantisation, flips) whichever worker or resumed run asks for it. With a matched
-    coupling ("ot", "ot_aligned") the epoch's controls and poses are assigned up front from (seed, epoch)."""
+    (control, dequantisation, flips) whichever worker or resumed run asks for it. With the "ot"
+    coupling the epoch's controls are assigned up front from (seed, epoch)."""
 
     def __init__(self, pairs: CellPairDataset, seed: int, epoch: int):
         self.pairs, self.seed, self.epoch = pairs, seed, epoch
-        self.controls = self.poses = None
-        if pairs.config.coupling in MATCHED:
-            self.controls, self.poses = pairs.coupled_controls(np.random.default_rng([seed, epoch]))
+        self.controls = None
+        if pairs.config.coupling == "ot":
+            self.controls = pairs.coupled_controls(np.random.default_rng([seed, epoch]))
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
         entropy = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1, np.uint64)[0]
-        if self.controls is None:
-            return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)))
-        return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)), int(self.controls[i]), int(self.poses[i]))
+        control = None if self.controls is None else int(self.controls[i])
+        return self.pairs.item(i, torch.Generator().manual_seed(int(entropy)), control)
 
 
 @dataclass

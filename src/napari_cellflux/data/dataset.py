@@ -5,11 +5,7 @@ With the paper's independent coupling a fresh random control is drawn at every a
 (flow matching maps distributions). With the optimal-transport coupling
 (:meth:`CellPairDataset.coupled_controls`) the random controls of each group of treated cells
 are re-assigned among them so that the summed distance is least, so a model learns to morph a
-cell into a treated cell like it rather than towards the treated cells' average. The
-"ot_aligned" coupling also turns each treated cell (quarter turns, mirror) to the pose closest to
-its control before matching, as equivariant flow matching aligns samples under the data's
-symmetries (Klein et al. 2023): a crop's cell has no preferred orientation, so its target
-distribution is unchanged, and a control is no longer paired with cells that lie across it.
+cell into a treated cell like it rather than towards the treated cells' average.
 
 :func:`same_batch_controls` is the one rule of which controls a cell may get, for training and
 evaluation; :func:`draw_controls` draws them in bulk.
@@ -72,9 +68,7 @@ def draw_controls(target_batches: np.ndarray, pools: dict[str, np.ndarray], rng:
     return controls
 
 
-COUPLINGS = ("independent", "ot", "ot_aligned")
-MATCHED = ("ot", "ot_aligned")  # the couplings that assign controls per epoch (coupled_controls)
-POSES = 8  # the square's symmetries: 4 quarter turns, each mirrored or not
+COUPLINGS = ("independent", "ot")
 # The optimal-transport coupling compares cells on an OT_GRID x OT_GRID average-pooled copy:
 # coarse enough that a screen's features fit in memory (192 floats a 3-channel cell), fine
 # enough to tell a cell's outline, orientation and position.
@@ -91,8 +85,8 @@ class PairingConfig:
     flip_prob: probability of a horizontal and, independently, of a vertical flip, drawn
         separately for control and target: they are unrelated cells, so flipping them together
         would add nothing but a correlation the model should not see.
-        With a matched coupling the pair is flipped together, as it was matched.
-    coupling: "independent" (the paper: any control of the batch), "ot" or "ot_aligned" (see
+        With the "ot" coupling the pair is flipped together, as it was matched.
+    coupling: "independent" (the paper: any control of the batch) or "ot" (see
         :meth:`CellPairDataset.coupled_controls`).
     control_targets: the share of items whose target is a control cell too (control -> control
         under the control's own name, e.g. DMSO), so that a model learns to leave controls as
@@ -123,8 +117,8 @@ class CellPairDataset(Dataset):
 
     Item i is a dict: control (C, H, W) float32 in [-1, 1], target (C, H, W) float32 in [-1, 1],
     perturbation (int, row of ``vocabulary``), batch (str), control_id / target_id (int, rows of
-    ``self.table.cells``). Pixels are read from disk per item. With a matched coupling the
-    controls (and poses) come from :meth:`coupled_controls` through :meth:`item`; ``dataset[i]`` refuses.
+    ``self.table.cells``). Pixels are read from disk per item. With the "ot" coupling the
+    controls come from :meth:`coupled_controls` through :meth:`item`; ``dataset[i]`` refuses.
 
     In DataLoader workers each worker seeds its own stream from ``config.seed`` and the worker
     seed torch assigns (new every epoch, fixed by ``torch.manual_seed``), so workers and epochs
@@ -152,9 +146,6 @@ class CellPairDataset(Dataset):
         # The table is already cut to the split; the split names it in errors.
         self.controls_by_batch, _ = same_batch_controls(self.table, batches, config.split)
         self.shape = self._expected_shape()
-        if config.coupling == "ot_aligned" and self.shape[1] != self.shape[2]:
-            raise InputError(f"{table.source}: coupling 'ot_aligned' turns cells by quarter turns, so crops must be "
-                             f"square; these are {self.shape[1]} x {self.shape[2]} px (use coupling 'ot')")
         self._features: dict[int, np.ndarray] = {}
         self._generator: torch.Generator | None = None
         self._generator_pid: int | None = None
@@ -165,23 +156,21 @@ class CellPairDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.item(i, self._rng())
 
-    def item(self, i: int, generator: torch.Generator, control_id: int | None = None, pose: int = 0) -> dict:
+    def item(self, i: int, generator: torch.Generator, control_id: int | None = None) -> dict:
         """Item ``i`` with every random draw taken from ``generator`` (for callers that seed per item);
         ``control_id``: its control (a row of ``self.table.cells``, from :meth:`coupled_controls`)
-        instead of a random one; ``pose``: the target's pose (:func:`turn`) from the same call."""
+        instead of a random one."""
         target_id = int(self.targets[i])
         batch = self.table.cells["batch"].iloc[target_id]
-        matched = self.config.coupling in MATCHED
-        if control_id is None and matched:
+        if control_id is None and self.config.coupling == "ot":
             # A random control here would silently undo the matching the option asks for.
-            raise InputError(f"coupling {self.config.coupling!r} matches controls per epoch: pass control_id (and pose) "
-                             "from coupled_controls(rng) to item(i, generator, control_id, pose), as "
-                             "training.data.SeededItems does")
+            raise InputError("coupling 'ot' matches controls per epoch: pass control_id from coupled_controls(rng) "
+                             "to item(i, generator, control_id), as training.data.SeededItems does")
         if control_id is None:
             controls = self.controls_by_batch[batch]
             control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
         control, flips = self._pixels(control_id, generator)
-        target, _ = self._pixels(target_id, generator, flips if matched else None, pose)
+        target, _ = self._pixels(target_id, generator, flips if self.config.coupling == "ot" else None)
         return {
             "control": control,
             "target": target,
@@ -191,22 +180,18 @@ class CellPairDataset(Dataset):
             "target_id": target_id,
         }
 
-    def coupled_controls(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """int64 (len(self),) control rows and int64 (len(self),) target poses (:func:`turn`; all 0
-        unless the coupling is "ot_aligned"): a control for every item, by minibatch optimal transport.
+    def coupled_controls(self, rng: np.random.Generator) -> np.ndarray:
+        """int64 (len(self),): a control row for every item, by minibatch optimal transport.
 
         For each group of treated cells of one perturbation and batch, as many controls are drawn
         from the batch (with replacement, as the independent coupling does, so each control is as
         likely as before) and assigned to the group's cells one to one, minimising the summed
-        squared distance between their pooled pixels (Hungarian algorithm); with "ot_aligned" a
-        pair's distance is that of the target's pose closest to the control, and that pose is
-        returned. Draws and assignments depend only on ``rng``.
+        squared distance between their pooled pixels (Hungarian algorithm). Draws and
+        assignments depend only on ``rng``.
         """
         from scipy.optimize import linear_sum_assignment
 
         controls = np.empty(len(self.targets), dtype=np.int64)
-        poses = np.zeros(len(self.targets), dtype=np.int64)
-        aligned = self.config.coupling == "ot_aligned"
         batches = self.table.cells["batch"].to_numpy()[self.targets]
         groups: dict[tuple[int, str], list[int]] = {}
         for i, key in enumerate(zip(self.perturbation_index.tolist(), batches.tolist())):
@@ -215,18 +200,10 @@ class CellPairDataset(Dataset):
             drawn = rng.choice(self.controls_by_batch[batch], len(items), replace=True)
             a = np.stack([self._feature(int(self.targets[i])) for i in items])
             b = np.stack([self._feature(int(c)) for c in drawn])
-            a_posed = self._posed(a) if aligned else a[None]  # (poses, n, F)
-            costs = (a_posed**2).sum(2)[:, :, None] + (b**2).sum(1)[None, None, :] - 2.0 * a_posed @ b.T
-            rows, cols = linear_sum_assignment(costs.min(0))
+            cost = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
+            rows, cols = linear_sum_assignment(cost)
             controls[np.asarray(items)[rows]] = drawn[cols]
-            poses[np.asarray(items)[rows]] = costs.argmin(0)[rows, cols]
-        return controls, poses
-
-    def _posed(self, features: np.ndarray) -> np.ndarray:
-        """float32 (POSES, n, F): pooled ``features`` (n, F) in every pose; pooling commutes with
-        quarter turns and mirrors, so pose k of a pooled cell is the pooled cell in pose k."""
-        grid = torch.from_numpy(features).reshape(len(features), self.shape[0], OT_GRID, OT_GRID)
-        return np.stack([turn(grid, k).reshape(len(features), -1).numpy() for k in range(POSES)])
+        return controls
 
     def _control_targets(self, share: float) -> np.ndarray:
         """int64: rows of controls to use as targets, spread evenly over the split's controls (every
@@ -254,12 +231,10 @@ class CellPairDataset(Dataset):
             )
         return pixels
 
-    def _pixels(self, position: int, generator: torch.Generator, flips: tuple[bool, bool] | None = None,
-                pose: int = 0) -> tuple[torch.Tensor, tuple[bool, bool]]:
-        """The cell in model space, dequantised, in ``pose`` (:func:`turn`) and flipped (``flips``:
-        (horizontal, vertical), drawn if None)."""
+    def _pixels(self, position: int, generator: torch.Generator,
+                flips: tuple[bool, bool] | None = None) -> tuple[torch.Tensor, tuple[bool, bool]]:
+        """The cell in model space, dequantised and flipped (``flips``: (horizontal, vertical), drawn if None)."""
         x = self.normalization.to_model(self._checked(position), dequantize=self.config.dequantize, generator=generator)
-        x = turn(x, pose)
         if flips is None:
             flips = tuple(torch.rand((), generator=generator).item() < self.config.flip_prob for _ in range(2))
         for dim, flip in zip((-1, -2), flips):
@@ -305,11 +280,3 @@ class CellPairDataset(Dataset):
             self._generator = torch.Generator().manual_seed(seed)
             self._generator_pid = os.getpid()
         return self._generator
-
-
-def turn(x: torch.Tensor, pose: int) -> torch.Tensor:
-    """(..., H, W) with H == W in pose 0-7 of the square's symmetries: mirrored left-right when
-    pose >= 4, then ``pose % 4`` quarter turns (pose 0: as it is)."""
-    if pose >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, pose % 4, dims=(-2, -1)) if pose % 4 else x
