@@ -52,6 +52,15 @@ def test_a_blank_crop_has_no_cell_and_measures_as_nan():
     assert len(frame) == 1 and frame.isna().all(axis=None)
 
 
+def test_crops_too_narrow_to_measure_are_refused_in_one_line():
+    # Was an IndexError from the reference disc that names the columns (its core was empty).
+    narrow = np.zeros((1, 3, 32, 3), np.uint8)
+    with pytest.raises(InputError, match=r"cells of shape \(N, C, H, W\) = \(1, 3, 32, 3\) are 3 px wide; a crop must "
+                                         r"be at least 4 px wide to measure a cell in it: crop the cells larger"):
+        measure_cells(narrow, FeatureOptions(channels=CHANNELS, groups=("shape",)))
+    assert len(measure_cells(np.zeros((1, 3, 32, 4), np.uint8), FeatureOptions(channels=CHANNELS))) == 1
+
+
 def test_cells_without_a_dna_channel_named_are_refused_with_the_fix():
     with pytest.raises(InputError, match="--channels"):
         dna_channel(["channel 1", "channel 2"])

@@ -27,6 +27,9 @@ from napari_cellflux.phenotype.masks import CellMasks, background_subtracted, se
 
 COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
 METADATA_PREFIX = "Metadata_"
+# feature_columns names the columns from a reference disc as wide as the crops; narrower than
+# this its core holds no pixel and nothing can be named.
+MIN_WIDTH_PX = 4
 POSITIONAL = re.compile(r"^(Center_|BoundingBoxM|Orientation$|SpatialMoment_|Location_)")
 TEXTURE_KEY = re.compile(r"^(?P<name>.+?)_(?P<suffix>\d+_\d+_\d+)$")
 ZERNIKE_KEY = re.compile(r"^(?P<name>RadialDistribution_Zernike\w+?)_(?P<suffix>\d+_\d+)$")
@@ -170,6 +173,9 @@ def measure_cells(
     if pixels.shape[1] != len(options.channels):
         raise InputError(f"the cells have {pixels.shape[1]} channels but {len(options.channels)} channel names "
                          f"were given ({', '.join(options.channels)}); give one name per channel")
+    if pixels.shape[-1] < MIN_WIDTH_PX:
+        raise InputError(f"cells of shape (N, C, H, W) = {pixels.shape} are {pixels.shape[-1]} px wide; a crop must be at "
+                         f"least {MIN_WIDTH_PX} px wide to measure a cell in it: crop the cells larger")
     if nucleus_channel is None:
         nucleus_channel = dna_channel(options.channels)
     measurer = Measurer(options)
