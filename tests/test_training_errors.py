@@ -43,8 +43,7 @@ def one_line_error(capsys, argv) -> str:
      ("optim.time_std=0", "optim.time_std must be > 0"), ("optim.time_mean=nan", "optim.time_mean: expected a finite float"),
      ("data.coupling=exact", "data.coupling must be one of independent, ot"), ("optim.decay_steps=-1", "decay_steps must be >= 0"),
      ("data.control_targets=1", "data.control_targets is a share of the training items, in [0, 1)"),
-     ("data.flip_prob=2", "data.flip_prob must be in [0, 1]"),
-     ("data.transpose_prob=-0.5", "data.transpose_prob must be in [0, 1]")],
+     ("data.flip_prob=2", "data.flip_prob must be in [0, 1]")],
 )
 def test_bad_settings_are_refused_before_anything_is_written(override, expected, screen, tmp_path, capsys):
     line = one_line_error(capsys, ["--config", "demo", "--quiet", *tiny_overrides(screen, tmp_path / "run", 2), override])

@@ -42,7 +42,6 @@ class DataConfig:
     channels: str = "bbbc021"
     held_out: list[str] = field(default_factory=list)
     flip_prob: float = 0.3
-    transpose_prob: float = 0.0
     coupling: str = "independent"
     control_targets: float = 0.0
     synthetic: bool = False
@@ -56,8 +55,7 @@ class DataConfig:
                 raise InputError(f"data.synthetic_screen: {key}={value!r} is not a count of the synthetic screen; "
                                  f"give whole numbers for {', '.join(SYNTHETIC_COUNTS)}")
         try:  # the dataset's own checks, run now so a bad value stops the run before any work
-            PairingConfig(flip_prob=self.flip_prob, transpose_prob=self.transpose_prob, coupling=self.coupling,
-                          control_targets=self.control_targets)
+            PairingConfig(flip_prob=self.flip_prob, coupling=self.coupling, control_targets=self.control_targets)
         except InputError as err:
             raise InputError(f"data.{err}") from None
 

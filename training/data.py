@@ -116,7 +116,7 @@ def load_training_data(cfg: DataConfig, *, image_size: int, seed: int, build: bo
     vocabulary = read_embedding_csv(under(root, cfg.embeddings), kind=cfg.kind)
     vocabulary.smiles = {name: s for name, s in table.smiles.items() if name in vocabulary.names}
     pairs = CellPairDataset(table, vocabulary, PairingConfig(split="train", held_out=tuple(cfg.held_out), flip_prob=cfg.flip_prob,
-                                                           transpose_prob=cfg.transpose_prob, coupling=cfg.coupling, control_targets=cfg.control_targets))
+                                                           coupling=cfg.coupling, control_targets=cfg.control_targets))
     if pairs.shape[1:] != (image_size, image_size):
         raise InputError(
             f"{metadata}: cells are {pairs.shape[1]} x {pairs.shape[2]} px but model.image_size is {image_size}; "

@@ -86,9 +86,6 @@ class PairingConfig:
         separately for control and target: they are unrelated cells, so flipping them together
         would add nothing but a correlation the model should not see.
         With the "ot" coupling the pair is flipped together, as it was matched.
-    transpose_prob: probability of swapping the rows and columns (drawn like the flips); with
-        flip_prob 0.5 and transpose_prob 0.5 every pose of the square (quarter turns and mirrors)
-        is equally likely, so each cell is seen in eight poses; 0 is the paper (flips only).
     coupling: "independent" (the paper: any control of the batch) or "ot" (see
         :meth:`CellPairDataset.coupled_controls`).
     control_targets: the share of items whose target is a control cell too (control -> control
@@ -101,15 +98,13 @@ class PairingConfig:
     held_out: tuple[str, ...] = ()
     dequantize: bool = True
     flip_prob: float = 0.3
-    transpose_prob: float = 0.0
     coupling: str = "independent"
     control_targets: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("flip_prob", "transpose_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise InputError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if not 0.0 <= self.control_targets < 1.0:
             raise InputError(f"control_targets is a share of the training items, in [0, 1); got {self.control_targets}")
         if self.coupling not in COUPLINGS:
@@ -174,8 +169,8 @@ class CellPairDataset(Dataset):
         if control_id is None:
             controls = self.controls_by_batch[batch]
             control_id = int(controls[torch.randint(len(controls), (1,), generator=generator).item()])
-        control, pose = self._pixels(control_id, generator)
-        target, _ = self._pixels(target_id, generator, pose if self.config.coupling == "ot" else None)
+        control, flips = self._pixels(control_id, generator)
+        target, _ = self._pixels(target_id, generator, flips if self.config.coupling == "ot" else None)
         return {
             "control": control,
             "target": target,
@@ -237,21 +232,15 @@ class CellPairDataset(Dataset):
         return pixels
 
     def _pixels(self, position: int, generator: torch.Generator,
-                pose: tuple[bool, ...] | None = None) -> tuple[torch.Tensor, tuple[bool, ...]]:
-        """The cell in model space, dequantised and posed (``pose``: (horizontal flip, vertical flip[,
-        transpose]), drawn if None)."""
+                flips: tuple[bool, bool] | None = None) -> tuple[torch.Tensor, tuple[bool, bool]]:
+        """The cell in model space, dequantised and flipped (``flips``: (horizontal, vertical), drawn if None)."""
         x = self.normalization.to_model(self._checked(position), dequantize=self.config.dequantize, generator=generator)
-        if pose is None:
-            pose = tuple(torch.rand((), generator=generator).item() < self.config.flip_prob for _ in range(2))
-            # Drawn only when asked for, so that flips-only runs keep their random stream.
-            if self.config.transpose_prob > 0:
-                pose += (torch.rand((), generator=generator).item() < self.config.transpose_prob,)
-        for dim, flip in zip((-1, -2), pose[:2]):
+        if flips is None:
+            flips = tuple(torch.rand((), generator=generator).item() < self.config.flip_prob for _ in range(2))
+        for dim, flip in zip((-1, -2), flips):
             if flip:
                 x = x.flip(dim)
-        if pose[2:] == (True,):
-            x = x.transpose(-1, -2)
-        return x, pose
+        return x, flips
 
     def _vocabulary_rows(self, vocabulary: Vocabulary) -> np.ndarray:
         names = self.table.cells["perturbation"].to_numpy()[self.targets]
