@@ -68,6 +68,16 @@ def designed_effects(results: dict[str, dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["group"] != "seen", r["perturbation"].lower(), r["feature"]))
 
 
+def real_interval(treated: np.ndarray, paired: np.ndarray, effect: float, rng: np.random.Generator,
+                  rounds: int = 2000) -> list[float]:
+    """The bootstrap 95% interval of the real ratio mean(treated) / mean(paired) (N,) (each cell drawn
+    with its paired control, as the evaluation pairs them), as shares of ``effect`` (the real ratio - 1):
+    how precisely these real cells fix the effect a generated share is measured against."""
+    draws = rng.integers(0, len(treated), (rounds, len(treated)))
+    ratios = np.nanmean(treated[draws], 1) / np.nanmean(paired[draws], 1)
+    return sorted(float((q - 1) / effect) for q in np.percentile(ratios, [2.5, 97.5]))
+
+
 def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int = 2000) -> None:
     """Add to each seen row of ``effects`` how precisely the real cells fix it: the bootstrap 95%
     interval of the real ratio (test cells over their paired controls, as the evaluation pairs
@@ -90,10 +100,8 @@ def measurement_floor(screen: Path, effects: list[dict], seed: int, rounds: int 
     rng = np.random.default_rng(seed)
     for row in seen:
         index, feature, effect = selection.index(row["perturbation"]), row["feature"], row["real"] - 1
-        a, b = treated[feature].to_numpy()[index], paired[feature].to_numpy()[index]
-        draws = rng.integers(0, len(a), (rounds, len(a)))
-        ratios = a[draws].mean(1) / b[draws].mean(1)
-        row["real_interval_recovered"] = sorted(float((q - 1) / effect) for q in np.percentile(ratios, [2.5, 97.5]))
+        row["real_interval_recovered"] = real_interval(treated[feature].to_numpy()[index],
+                                                       paired[feature].to_numpy()[index], effect, rng, rounds)
         other = train_treated[row["perturbation"]][feature].mean()
         row["train_real_recovered"] = float((other / train_controls[feature].mean() - 1) / effect)
 

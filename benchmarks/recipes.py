@@ -4,11 +4,16 @@ modes and at several guidances, on one screen, with the real and control cells m
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
         [--guidance 0.1 0.2] [--autoguidance 0 1.5] [--noise-level L] [--steps S] [--modes sample morph]
-        [--out benchmarks/results/recipes.json]
+        [--split test] [--cells N] [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
 Each model is generated with its own sampler, at the given guidance (default: the model's own in
-each mode); the screen's test split, seed 0, as ``training.evaluate`` selects it. Fibre coherence
+each mode); the screen's test split, seed 0, as ``training.evaluate`` selects it. ``--split train``
+scores the training split instead: on the models' own screen, the cells they learnt from (so that
+a miss on the test cells can be told from a miss of what was learnt); on a larger screen of the
+same design (``cellflux synth``, the same seed, more cells), fresh cells, as many as ``--cells N``
+per compound. Each real effect comes with its bootstrap 95% interval as shares: how far a share
+can stray by which real cells were drawn. Fibre coherence
 (``training.metrics.fibre_coherence``) is reported beside, as generated / real averaged over the
 seen compounds whose real cells keep fibres, with where those cells' fibres come from
 (``training.metrics.fibre_origin``: the share of its control's own fibre pattern each carries,
@@ -30,11 +35,12 @@ import numpy as np
 import torch
 
 from napari_cellflux.atomic import check_writable
-from napari_cellflux.errors import run_main
+from napari_cellflux.data.cells import SPLITS
+from napari_cellflux.errors import InputError, run_main
 from napari_cellflux.settings import MODE_NAMES
 
 from . import common as C
-from .modes import KEEPS_FIBRES, designed_effects
+from .modes import KEEPS_FIBRES, designed_effects, real_interval
 
 RESULTS = Path(__file__).parent / "results" / "recipes.json"
 WITHIN = 0.10  # the goal: every share within 10% of the real cells'
@@ -42,13 +48,15 @@ WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 
 def score_models(checkpoints: list[str], screen: Path, guidances: list[float | None], seed: int = 0,
                  noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES,
-                 steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,)) -> list[dict]:
+                 steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,),
+                 split: str = "test", cells: int | None = None) -> list[dict]:
     """One row per model, mode, guidance and autoguidance: the seen compounds' shares, the unseen
     ones', and fibre coherence generated / real. A guidance of None is the model's own for the
     mode (``SamplingConfig.for_mode``). ``noise_level`` replaces each model's own for
     ``sample`` (``morph`` starts from the clean controls whatever it is), and so does each of
     ``autoguidances`` (None: the model's own; ``morph`` runs without, so once);
-    ``steps`` replaces each model's solver steps."""
+    ``steps`` replaces each model's solver steps. ``split`` and ``cells``: the cells scored (as
+    ``training.evaluate``'s ``--split`` and ``--n-cells``)."""
     from training import metrics as M
     from training.evaluation.data import held_out_names, load_eval_data, load_pixels, select_cells
     from training.evaluation.generation import check_model, checkpoint_info, generate_cells, load_checkpoint
@@ -57,7 +65,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
 
     data = load_eval_data(screen)
     models = {path: load_checkpoint(path, "auto", None) for path in checkpoints}
-    selection = select_cells(data, split="test", held_out=held_out_names(data, list(models.values())), seed=seed)
+    selection = select_cells(data, split=split, n_cells=cells, held_out=held_out_names(data, list(models.values())),
+                             seed=seed)
     measure = CellMeasurer(0, M.rgb_matrix(data.format, data.shape[0]), None, 64)
     real_pixels = load_pixels(data.table, selection.treated, data.shape)
     control_pixels = load_pixels(data.table, selection.controls, data.shape)
@@ -87,10 +96,16 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                 nulls = control_ratios(model, own_controls, own_measured, measure, sampling, mode, seed)
                 share = {f"{e['perturbation']} {e['feature']}": (e["group"], e[f"{mode}_recovered"]) for e in effects}
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
+                # how precisely the real cells fix each share (the same for every row: seeded alike)
+                rng = np.random.default_rng(seed)
+                interval = {f"{e['perturbation']} {e['feature']}": real_interval(
+                    real.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])],
+                    copy.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])], e["real"] - 1, rng)
+                    for e in effects if e["group"] == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
-                    "steps": sampling.steps, "seen": seen,
+                    "steps": sampling.steps, "split": split, "seen": seen, "real_interval": interval,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
                     "control_to_control": nulls,
@@ -125,8 +140,9 @@ def control_ratios(model, controls: np.ndarray, measured, measure, sampling, mod
 
 
 def markdown(rows: list[dict]) -> str:
-    """Two tables, one row per model, mode and guidance: the shares of the seen designed effects,
-    then the control -> control ratios of every effect feature."""
+    """Two tables, one row per model, mode and guidance: the shares of the seen designed effects
+    (and how precisely the real cells fix them), then the control -> control ratios of every
+    effect feature."""
     def label(r: dict) -> str:
         path = Path(r["checkpoint"])
         name = path.parent.name if path.stem == "model" else path.stem
@@ -140,6 +156,8 @@ def markdown(rows: list[dict]) -> str:
               + f" | {r['within']}/{len(effects)} | {r['fibres_generated_over_real']:.2f}"
               + f" | {r['fibres_control_gain']:.2f} ({r['fibres_control_gain_real']:.2f}) | {r['fibres_new_over_real']:.2f} |"
               for r in rows]
+    lines.append("| real cells' 95% interval | | | | " + " | ".join(
+        "{:.0%} to {:.0%}".format(*rows[0]["real_interval"][e]) for e in effects) + " | | | | |")
     features = next((list(r["control_to_control"]) for r in rows if r["control_to_control"]), [])
     if features:
         lines += ["", "| model | mode | guidance | autoguidance | control -> control: " + " | ".join(features) + " |",
@@ -164,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="solver steps for every model (default: each model's own; is the sampler the cause?)")
     p.add_argument("--modes", nargs="+", choices=MODE_NAMES, default=list(MODE_NAMES),
                    help="the modes to score (default: both; one per process halves the wall time)")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="the split scored (default: test; train on the models' own screen: the cells they learnt from)")
+    p.add_argument("--cells", type=int, default=None,
+                   help="at most this many treated cells per compound (default: all of the split's)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
@@ -173,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--screen {args.screen} is not a folder; write it with cellflux synth "
                                     "(docs/modes.md, On five times as many cells)")
         started = time.perf_counter()
+        if args.cells is not None and args.cells < 1:
+            raise InputError(f"--cells {args.cells}: give at least 1 cell per compound")
         rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
-                            modes=tuple(args.modes), steps=args.steps, autoguidances=tuple(args.autoguidance))
+                            modes=tuple(args.modes), steps=args.steps, autoguidances=tuple(args.autoguidance),
+                            split=args.split, cells=args.cells)
         C.write_json(args.out, {
             "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
             "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),

@@ -162,6 +162,34 @@ def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
     assert by["sample"]["fibres_new_over_real"] > by["morph"]["fibres_new_over_real"] > 0
 
 
+def test_recipes_scores_the_training_split_as_the_evaluation_selects_it(tmp_path, capsys):
+    """--split train: the cells the model learnt from, chosen as training.evaluate --split train
+    --n-cells chooses them, so a miss on the test cells can be told from a miss of what was learnt."""
+    from benchmarks.modes import DEMO, designed_effects
+    from benchmarks.recipes import main, score_models
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+    from training.evaluate import EvalConfig, evaluate
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
+    [train] = score_models([str(DEMO)], screen, guidances=[None], modes=("morph",), split="train", cells=6)
+    result = evaluate(EvalConfig(checkpoints=[str(DEMO)], data=str(screen), out=str(tmp_path / "metrics.json"),
+                                 mode="morph", split="train", n_cells=6, quiet=True))
+    expected = {f"{e['perturbation']} {e['feature']}": e["morph_recovered"]
+                for e in designed_effects({"morph": result})}
+    assert train["split"] == "train" and train["seen"] | train["unseen"] == pytest.approx(expected)
+    # the held-out compounds have no training cells, so only the seen ones are scored
+    assert train["unseen"] == {} and "PP-2 cell_elongation" in train["seen"]
+    # the real cells fix each effect only so precisely: an interval about their own share, 1
+    assert train["real_interval"].keys() == train["seen"].keys()
+    assert all(low < 1 < high for low, high in train["real_interval"].values())
+    [test] = score_models([str(DEMO)], screen, guidances=[None], modes=("morph",), cells=6)
+    assert test["split"] == "test" and test["seen"] != train["seen"]
+    assert main(["--checkpoints", str(DEMO), "--screen", str(screen), "--cells", "0",
+                 "--out", str(tmp_path / "none.json")]) == 2
+    assert "--cells 0: give at least 1" in capsys.readouterr().err and not (tmp_path / "none.json").exists()
+
+
 def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_path):
     """The control -> control ratios: 1 for every feature where the flow leaves the controls as
     they are (a zero velocity in morph keeps every pixel), not 1 where the noised start stays in."""
