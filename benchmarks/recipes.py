@@ -78,7 +78,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
     fibrous = [n for n in selection.names_in("seen") if real_fibres[selection.index(n)].mean() >= KEEPS_FIBRES]
     on_fibres = np.array([i for n in fibrous for i in selection.index(n)], dtype=int)
     real_origin = M.fibre_origin(control_pixels[on_fibres], real_pixels[on_fibres])
-    rows = []
+    rows, interval = [], None
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
         for mode in modes:
@@ -96,12 +96,12 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                 nulls = control_ratios(model, own_controls, own_measured, measure, sampling, mode, seed)
                 share = {f"{e['perturbation']} {e['feature']}": (e["group"], e[f"{mode}_recovered"]) for e in effects}
                 seen = {k: v for k, (group, v) in share.items() if group == "seen"}
-                # how precisely the real cells fix each share (the same for every row: seeded alike)
-                rng = np.random.default_rng(seed)
-                interval = {f"{e['perturbation']} {e['feature']}": real_interval(
-                    real.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])],
-                    copy.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])], e["real"] - 1, rng)
-                    for e in effects if e["group"] == "seen"}
+                if interval is None:  # how precisely the real cells fix each share: the same for every row
+                    rng = np.random.default_rng(seed)
+                    interval = {f"{e['perturbation']} {e['feature']}": real_interval(
+                        real.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])],
+                        copy.morphology[e["feature"]].to_numpy()[selection.index(e["perturbation"])], e["real"] - 1, rng)
+                        for e in effects if e["group"] == "seen"}
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
@@ -194,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.screen.is_dir():
             raise FileNotFoundError(f"--screen {args.screen} is not a folder; write it with cellflux synth "
                                     "(docs/modes.md, On five times as many cells)")
-        started = time.perf_counter()
         if args.cells is not None and args.cells < 1:
             raise InputError(f"--cells {args.cells}: give at least 1 cell per compound")
+        started = time.perf_counter()
         rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
                             modes=tuple(args.modes), steps=args.steps, autoguidances=tuple(args.autoguidance),
                             split=args.split, cells=args.cells)
