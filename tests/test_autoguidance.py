@@ -17,7 +17,7 @@ from napari_cellflux.core.flow import autoguidance_mix, network_velocity
 from napari_cellflux.core.solvers import integrate, solver, time_grid
 from napari_cellflux.core.unet import UNet
 from napari_cellflux.errors import InputError
-from napari_cellflux.models.model_file import CellFluxModel, load_model_file, save_model
+from napari_cellflux.models.model_file import FORMAT_VERSION, CellFluxModel, load_model_file, save_model
 from napari_cellflux.settings import SamplingConfig
 
 GUIDED = replace(FAST, autoguidance=1.5)
@@ -112,7 +112,7 @@ def test_model_file_keeps_the_guide_bit_for_bit(tmp_path):
     torch.testing.assert_close(api.generate(loaded, x, "colchicine").states, api.generate(model, x, "colchicine").states,
                                rtol=0, atol=0)
     meta = loaded.metadata()
-    assert meta["format_version"] == 2 and meta["guide"] == {"step": 12}
+    assert meta["format_version"] == FORMAT_VERSION and meta["guide"] == {"step": 12}
 
 
 def test_a_version_1_file_without_a_guide_still_reads(tmp_path):

@@ -163,7 +163,7 @@ def test_training_records_the_statistics_of_its_controls(tmp_path):
                                                                               cells_per_perturbation=4))
     overrides = {"data.root": str(screen), "data.synthetic": "false", "model.image_size": "16", "optim.batch_size": "4",
                  "model.overrides": "{model_channels: 16, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [], norm_groups: 8}",
-                 "optim.steps": "1", "run.out": str(tmp_path / "run"), "run.device": "cpu"}
+                 "optim.steps": "1", "run.out": str(tmp_path / "run"), "run.device": "cpu", "morph.steps": "0"}
     result = train(load_config("demo", [f"{k}={v}" for k, v in overrides.items()]), quiet=True)
     statistics = api.load_model(result.model_path).control_statistics
     # train split: 80% of 8 DMSO cells in each of 2 batches

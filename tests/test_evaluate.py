@@ -31,7 +31,7 @@ def tiny_overrides(screen: Path, out: Path, steps: int) -> list[str]:
         "data.root": str(screen), "data.synthetic": "false", "model.image_size": "16",
         "model.overrides": "{model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2], dropout: 0.0}",
         "optim.batch_size": "4", "optim.steps": str(steps), "run.out": str(out), "run.checkpoint_every": "1",
-        "run.log_every": "1", "run.device": "cpu",
+        "run.log_every": "1", "run.device": "cpu", "morph.steps": "0",
     }
     return [f"{k}={v}" for k, v in values.items()]
 

@@ -41,6 +41,7 @@ def tiny_overrides(screen: Path, out: Path, steps: int, **extra: str) -> list[st
         "run.checkpoint_every": "2",
         "run.log_every": "1",
         "run.device": "cpu",
+        "morph.steps": "0",
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]
@@ -122,6 +123,33 @@ def test_guide_is_the_ema_at_guide_step_and_survives_resumes(screen, tmp_path):
             assert torch.equal(value, resumed.unet.state_dict()[name]), (run, name)
 
 
+def test_the_morph_network_is_the_run_on_clean_sources_and_survives_resumes(screen, tmp_path):
+    """morph.steps trains, after the main run, the same config on clean-source batches only (no
+    guide) in run.out/morph; the model file carries its EMA as the morph network. A finished run
+    given one on resume, or stopped inside the morph run, ends with the same weights."""
+    def cfg(out: str, morph: int = 3, **extra: str):
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, 4, **{"morph.steps": str(morph), **extra}))
+
+    straight = api.load_model(train(cfg("a"), quiet=True).model_path)
+    assert straight.morph_step == 3 and straight.provenance["step"] == 4 and straight.training["morph"] == {"steps": 3}
+    assert (tmp_path / "a" / "morph" / STATE_FILE).is_file()
+    main_only = weights(train(cfg("main", morph=0), quiet=True).ema.model)
+    clean = weights(train(load_config("demo", tiny_overrides(screen, tmp_path / "clean", 3, **{"optim.noise_prob": "0"})),
+                          quiet=True).ema.model)
+    assert api.load_model(tmp_path / "main" / MODEL_FILE).morph is None
+    assert any(not torch.equal(v, main_only[k]) for k, v in clean.items())
+
+    train(cfg("b", morph=0), quiet=True)  # finished without one, given one on resume
+    train(cfg("b"), resume=True, quiet=True)
+    train(cfg("c", morph=2), quiet=True)  # as if stopped two steps into the morph run
+    train(cfg("c"), resume=True, quiet=True)
+    for model in (straight, *(api.load_model(tmp_path / run / MODEL_FILE) for run in "bc")):
+        for name, value in clean.items():
+            assert torch.equal(value, model.morph.state_dict()[name]), name
+        for name, value in main_only.items():
+            assert torch.equal(value, model.unet.state_dict()[name]), name
+
+
 def test_guide_step_that_cannot_be_kept_is_refused_or_noted(screen, tmp_path, capsys):
     def cfg(steps: int, out: str = "run", **extra: str):
         return load_config("demo", tiny_overrides(screen, tmp_path / out, steps, **extra))
@@ -182,6 +210,7 @@ def test_existing_run_needs_resume_and_missing_state_is_reported(screen, tmp_pat
         ("colour=red", "unknown keys ['colour']"),
         ("optim", "must look like section.key=value"),
         ("optim.clean_time_std=0", "optim.clean_time_std must be > 0, got 0"),
+        ("morph.steps=-1", "morph.steps must be >= 0, got -1; 0 trains no morph network"),
     ],
 )
 def test_bad_config_is_a_clear_error(override, message):
@@ -221,7 +250,7 @@ def test_the_shipped_demo_records_the_demo_config_and_its_sampler():
     cfg = load_config("demo")
     assert model.provenance["config"] == "demo" and model.provenance["step"] == cfg.optim.steps
     assert model.training == json.loads(json.dumps(cfg.to_dict())) and model.sampling == cfg.sampling
-    assert model.guide_step == cfg.optim.guide_step
+    assert model.guide_step == cfg.optim.guide_step and model.morph_step == cfg.morph.steps
     assert model.sampling.for_mode("morph").guidance < model.sampling.for_mode("sample").guidance
 
 

@@ -101,7 +101,7 @@ def test_torchrun_first_run_builds_the_screen_once_on_a_fresh_folder(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     overrides = [f"data.root={tmp_path / 'screen'}", "data.synthetic=true", "model.image_size=16",
                  "model.overrides={model_channels: 32, channel_mult: [1, 1], num_res_blocks: 1, attention_resolutions: [2]}",
-                 "optim.batch_size=4", "optim.steps=1", f"run.out={tmp_path / 'run'}", "run.device=cpu"]
+                 "optim.batch_size=4", "optim.steps=1", f"run.out={tmp_path / 'run'}", "run.device=cpu", "morph.steps=0"]
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training.train",
          "--config", "demo", "--quiet", *overrides],

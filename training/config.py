@@ -139,6 +139,20 @@ class RunConfig:
 
 
 @dataclass
+class MorphNetworkConfig:
+    """A second network for morph mode alone (docs/modes.md, A network for each mode): after the
+    main run, the same config trained again from the same start on clean-source batches only
+    (optim.noise_prob 0, no guide) for ``steps`` steps in run.out/morph; the model file then
+    carries it as its morph network. 0 = none: morph runs the main network."""
+
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise InputError(f"morph.steps must be >= 0, got {self.steps}; 0 trains no morph network")
+
+
+@dataclass
 class TrainConfig:
     """``sampling``: the defaults the trained model file recommends (solver, grid, steps, guidance,
     noise level); the paper's unless changed."""
@@ -149,6 +163,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    morph: MorphNetworkConfig = field(default_factory=MorphNetworkConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

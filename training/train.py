@@ -5,13 +5,16 @@ Every ``run.checkpoint_every`` steps and at the end, rank 0 writes ``state.pt`` 
 training state) and ``model.safetensors`` (the EMA weights as a self-contained model file)
 atomically; ``--resume`` continues from ``state.pt`` and gives the same weights as an
 uninterrupted run. The randomness of step s is seeded from (seed, s, rank) and the data
-order from (seed, epoch), so the step number is the whole RNG state.
+order from (seed, epoch), so the step number is the whole RNG state. With ``morph.steps`` a
+second run follows in ``run.out/morph`` (the morph network, clean sources only), and the final
+model file carries both.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -32,11 +35,11 @@ from napari_cellflux.data.cells import load_cell
 from napari_cellflux.errors import CellFluxError, InputError, run_main
 from napari_cellflux.models.channels import Channel, parse_channels
 from napari_cellflux.models.domain import control_statistics
-from napari_cellflux.models.model_file import CellFluxModel, save_model
+from napari_cellflux.models.model_file import CellFluxModel, load_model_file, save_model
 from napari_cellflux.models.normalization import Normalization
 from napari_cellflux.runtime import Distributed, autocast_dtype, distributed_env, resolve_device
 
-from .config import OptimConfig, TrainConfig, load_config
+from .config import MorphNetworkConfig, OptimConfig, TrainConfig, load_config
 from .data import TrainingData, load_training_data
 from .ema import EMA
 
@@ -44,6 +47,7 @@ STATE_FILE = "state.pt"
 MODEL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.csv"
 METRIC_COLUMNS = ("step", "epoch", "loss", "images_per_s", "elapsed_s")
+MORPH_FOLDER = "morph"
 
 
 def init_distributed(device: torch.device) -> Distributed:
@@ -175,7 +179,7 @@ def load_state(path: Path) -> dict:
 # Settings that may differ on --resume: they change when and where the run works, not what it
 # computes (sampling.* too: the defaults the model file recommends, not part of training).
 RESUMABLE_CHANGES = ("optim.steps", "optim.epochs", "optim.decay_steps", "run.checkpoint_every", "run.log_every",
-                     "run.device", "run.threads", "data.num_workers", "run.out", "optim.guide_step")
+                     "run.device", "run.threads", "data.num_workers", "run.out", "optim.guide_step", "morph.steps")
 
 
 def check_resumable(saved: dict, now: dict, path: Path) -> None:
@@ -231,6 +235,23 @@ def resumed_guide(state: dict, ema: EMA, guide_step: int | None, path: Path) -> 
                      "choose a guide step >= the saved step, or train a new run with optim.guide_step set from the start")
 
 
+def morph_network_config(cfg: TrainConfig) -> TrainConfig:
+    """The run that trains ``cfg``'s morph network: the same config on clean-source batches only
+    (morph's regime; sample's noised batches made the shared network over-shoot textures in
+    morph, docs/modes.md), without a guide (morph runs none), for ``morph.steps`` steps, in
+    run.out/morph."""
+    optim = dataclasses.replace(cfg.optim, steps=cfg.morph.steps, epochs=None, noise_prob=0.0, guide_step=None)
+    run = dataclasses.replace(cfg.run, out=str(Path(cfg.run.out) / MORPH_FOLDER))
+    return dataclasses.replace(cfg, optim=optim, run=run, morph=MorphNetworkConfig())
+
+
+def attach_morph_network(path: Path, weights: UNet, step: int) -> str:
+    """Rewrite the model file at ``path`` with ``weights`` as its morph network; returns its sha256."""
+    model = load_model_file(path)
+    model.morph, model.morph_step = copy.deepcopy(weights).cpu().eval(), step
+    return save_model(model, path)
+
+
 def remove_stale_parts(out: Path) -> None:
     """Delete temporary files of writes a killed run never finished (a paper-model state is ~0.9 GB)."""
     for part in out.glob(".*.part"):
@@ -276,7 +297,9 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Run training to ``cfg.optim.steps`` (or ``cfg.optim.epochs``)."""
+    """Run training to ``cfg.optim.steps`` (or ``cfg.optim.epochs``), then, with ``cfg.morph.steps``,
+    the morph network's run (:func:`morph_network_config`), whose EMA weights the final model
+    file then carries as its morph network. ``resume`` continues whichever is unfinished."""
     if cfg.run.threads is not None:
         torch.set_num_threads(cfg.run.threads)
     device = resolve_device(cfg.run.device, distributed_env())
@@ -284,7 +307,15 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> TrainR
         torch.cuda.set_device(device)
     ddp = init_distributed(device)
     try:
-        return _train(cfg, resume, quiet, device, ddp)
+        result = _train(cfg, resume, quiet, device, ddp)
+        if cfg.morph.steps:
+            morph_cfg = morph_network_config(cfg)
+            if ddp.is_main and not quiet:
+                print(f"training: the morph network, on clean sources only, in {morph_cfg.run.out}", file=sys.stderr)
+            morph = _train(morph_cfg, resume and (Path(morph_cfg.run.out) / STATE_FILE).is_file(), quiet, device, ddp)
+            if ddp.is_main:
+                attach_morph_network(result.model_path, morph.ema.model, cfg.morph.steps)
+        return result
     finally:
         if ddp.world_size > 1:
             dist.destroy_process_group()

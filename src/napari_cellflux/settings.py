@@ -23,9 +23,10 @@ GRID_NAMES = tuple(GRID_MIN_STEPS)
 
 # What a generation run answers (docs/modes.md). "morph" integrates from the clean control
 # (noise level 0; training draws a clean source half the time, noise_prob 0.5, so it is in the
-# model's training distribution) and keeps each cell's shape; "sample" is the paper's sampling.
+# model's training distribution; a model file may carry a network trained on clean sources alone
+# for it) and keeps each cell's shape; "sample" is the paper's sampling.
 MODES = {
-    "morph": "morph each cell: what would this cell look like under the perturbation; the flow from the clean control, noise level 0",
+    "morph": "morph each cell: what would this cell look like under the perturbation; the flow from the clean control, noise level 0, by the model's morph network where it has one",
     "sample": "sample treated cells: what do treated cells of this batch look like; the paper's sampling from control + noise",
 }
 MODE_NAMES = tuple(MODES)

@@ -50,6 +50,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"sampling defaults: {model.sampling.to_dict()}")
     if model.guide is not None:
         print(f"autoguidance guide: the same run at step {model.guide_step} (sample mode; --autoguidance)")
+    if model.morph is not None:
+        print(f"morph network: its own, trained on clean sources for {model.morph_step} steps (morph mode)")
     print(f"provenance: {model.provenance}")
     if args.perturbations:
         print("\n".join(model.vocabulary.names))

@@ -144,7 +144,7 @@ def generate(
     (unconditional). sampling: solver, grid, steps, guidance, noise level, autoguidance (default:
     the model's). mode (settings.MODES): "sample" integrates from control + noise_level x noise, the
     paper's sampling; "morph" from the clean control (noise level 0 and no autoguidance whatever
-    ``sampling`` says),
+    ``sampling`` says; with the model file's morph network where it carries one, ``model.network_for``),
     so each cell changes continuously from itself. The metadata records the mode and the noise
     level used. seed fixes the noise, drawn on the CPU so results agree across devices.
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
@@ -169,9 +169,10 @@ def generate(
     if plan.keep_freed_memory:
         keep_freed_memory()
     compiled = compile_mode(speed.compile, device)
-    set_memory_format(model.unet, channels_last)
+    own_network = model.network_for(mode)
+    set_memory_format(own_network, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    network = fast_network(model.unet, device, dtype, compiled, plan.images_per_forward)
+    network = fast_network(own_network, device, dtype, compiled, plan.images_per_forward)
     guide = None
     if sampling.autoguidance:
         set_memory_format(model.guide, channels_last)
@@ -207,6 +208,7 @@ def generate(
         **condition_info,
         "mode": mode,
         "model_sha256": model.sha256,
+        "network": "morph" if own_network is model.morph else "main",
         "seed": seed,
         **sampling.to_dict(),
         "network_evaluations": sampling.evaluations,

@@ -2,7 +2,8 @@
 
 Layout: tensors ``unet.<parameter name>`` (the weights to sample with, EMA where trained with
 EMA), optionally ``guide.<parameter name>`` (the same architecture at fewer training steps, for
-autoguidance; format version 2) and ``vocabulary.embeddings`` (V, D); the safetensors header's metadata holds one JSON
+autoguidance; format version 2), optionally ``morph.<parameter name>`` (the same architecture trained
+for morph mode alone; format version 3) and ``vocabulary.embeddings`` (V, D); the safetensors header's metadata holds one JSON
 string under ``"cellflux"`` with the architecture, vocabulary names and kind, channels and
 colours, image size, normalisation, sampling defaults, training config and provenance.
 safetensors holds only tensors and strings, so loading a file can never execute code.
@@ -29,7 +30,9 @@ from napari_cellflux.models.vocabulary import Vocabulary
 from napari_cellflux.settings import SamplingConfig
 
 FORMAT = "napari-cellflux"
-FORMAT_VERSION = 2  # 2: sampling.autoguidance and the optional guide network; 1 is read as before
+# 2: sampling.autoguidance and the optional guide network; 3: the optional morph network. Older
+# versions are read as before (without what they lack).
+FORMAT_VERSION = 3
 
 
 @dataclass
@@ -44,7 +47,9 @@ class CellFluxModel:
     controls (for checking that new controls are like them; empty when not recorded).
     sha256: hash of the file it was loaded from ("" for a model built in memory).
     guide: the autoguidance guide (``sampling.autoguidance``): a UNet of the same architecture
-    from the same training run at ``guide_step`` steps, or None.
+    from the same training run at ``guide_step`` steps, or None. morph: the network morph mode
+    runs, trained on clean sources alone for ``morph_step`` steps (``TrainConfig.morph``), or None:
+    morph then runs ``unet`` like sample (:meth:`network_for`).
     """
 
     unet: UNet
@@ -61,6 +66,8 @@ class CellFluxModel:
     control_statistics: dict = field(default_factory=dict)
     guide: UNet | None = None
     guide_step: int | None = None
+    morph: UNet | None = None
+    morph_step: int | None = None
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -81,10 +88,11 @@ class CellFluxModel:
                 f"({len(cfg.channel_mult)} UNet levels)"
             )
         self.unet.eval()
-        if self.guide is not None:
-            if self.guide.config != cfg:
-                raise InputError("the guide network must have the model's own architecture (a snapshot of the same training run)")
-            self.guide.eval()
+        for name, network in (("guide", self.guide), ("morph", self.morph)):
+            if network is not None:
+                if network.config != cfg:
+                    raise InputError(f"the {name} network must have the model's own architecture (trained with the same config)")
+                network.eval()
 
     @property
     def config(self) -> UNetConfig:
@@ -94,10 +102,14 @@ class CellFluxModel:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def network_for(self, mode: str) -> UNet:
+        """The network ``mode`` (settings.MODES) runs: morph's own where the file carries one."""
+        return self.morph if mode == "morph" and self.morph is not None else self.unet
+
     def to(self, device: str | torch.device) -> "CellFluxModel":
-        self.unet.to(device)
-        if self.guide is not None:
-            self.guide.to(device)
+        for network in (self.unet, self.guide, self.morph):
+            if network is not None:
+                network.to(device)
         return self
 
     def metadata(self) -> dict:
@@ -112,6 +124,7 @@ class CellFluxModel:
             "pixel_size_source": self.pixel_size_source,
             "control_statistics": self.control_statistics,
             "guide": None if self.guide is None else {"step": self.guide_step},
+            "morph": None if self.morph is None else {"step": self.morph_step},
             "normalization": self.normalization.to_dict(),
             "sampling": self.sampling.to_dict(),
             "training": self.training,
@@ -122,8 +135,9 @@ class CellFluxModel:
 def save_model(model: CellFluxModel, path: str | Path) -> str:
     """Write ``model`` to ``path`` atomically; returns the file's sha256."""
     tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in model.unet.state_dict().items()}
-    if model.guide is not None:
-        tensors.update({f"guide.{k}": v.detach().cpu().contiguous() for k, v in model.guide.state_dict().items()})
+    for prefix, network in (("guide", model.guide), ("morph", model.morph)):
+        if network is not None:
+            tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()})
     tensors["vocabulary.embeddings"] = model.vocabulary.embeddings.detach().cpu().contiguous()
     meta = model.metadata()
     meta["provenance"] = {"napari_cellflux_version": __version__, **model.provenance}
@@ -147,7 +161,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> CellFluxModel:
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> "CellFluxModel":
     """Read a model written by :func:`save_model` onto ``device``."""
     path = Path(path)
     if not path.is_file():
@@ -186,6 +200,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
             pixel_size_source=str(meta.get("pixel_size_source", "unknown")),
             control_statistics=dict(meta.get("control_statistics") or {}),
             guide_step=(meta.get("guide") or {}).get("step"),
+            morph_step=(meta.get("morph") or {}).get("step"),
         )
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
@@ -195,14 +210,20 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Cel
         unet = UNet(config)
     weights = {k.removeprefix("unet."): v for k, v in tensors.items() if k.startswith("unet.")}
     load_weights(unet, weights, source=str(path))
-    guide = None
-    guide_weights = {k.removeprefix("guide."): v for k, v in tensors.items() if k.startswith("guide.")}
-    if guide_weights:
-        with torch.device("meta"):
-            guide = UNet(config)
-        load_weights(guide, guide_weights, source=f"{path} (guide network)")
-    model = CellFluxModel(unet=unet, sha256=file_sha256(path), guide=guide, **parts)
+    extra = {name: _extra_network(path, config, tensors, name) for name in ("guide", "morph")}
+    model = CellFluxModel(unet=unet, sha256=file_sha256(path), **extra, **parts)
     return model.to(device)
+
+
+def _extra_network(path: Path, config: UNetConfig, tensors: dict, name: str) -> UNet | None:
+    """The ``<name>.*`` tensors as a UNet of ``config``, or None where the file has none."""
+    weights = {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+    if not weights:
+        return None
+    with torch.device("meta"):
+        network = UNet(config)
+    load_weights(network, weights, source=f"{path} ({name} network)")
+    return network
 
 
 def _metadata_object(path: Path, text: str) -> dict:

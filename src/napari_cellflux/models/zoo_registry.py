@@ -142,8 +142,8 @@ def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, descr
 
 
 REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="6f72db87b820a961dc878fb5207a0ee928ba41d0a488654f9cfdf7410b25572b",
-                 description="demo model (0.73M parameters + its autoguidance guide, 3 channels, 32 px) trained on the five-times synthetic screen; python -m training.train --config demo"),
+    BundledModel("demo", "demo.safetensors", sha256="e521a8ea9b241898dcf616800b709ddc2b1705011276d2841038bb69b29afa3e",
+                 description="demo model (0.73M parameters + its autoguidance guide and morph network, 3 channels, 32 px) trained on the five-times synthetic screen; python -m training.train --config demo"),
     _authors_model(
         "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, sha256=EMB_FP_SHA256,
                               size="76,090 B"), "compound",

@@ -1,0 +1,94 @@
+"""The model file's morph network: a second network of the same architecture that morph mode runs
+(trained on clean sources alone, TrainConfig.morph); sample mode keeps the main one."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from helpers import randomize
+from plugin_helpers import tiny_model
+
+from napari_cellflux import api
+from napari_cellflux.cli import main
+from napari_cellflux.core.unet import UNet
+from napari_cellflux.errors import InputError
+from napari_cellflux.models.model_file import (
+    FORMAT_VERSION,
+    CellFluxModel,
+    load_model_file,
+    save_model,
+)
+
+
+def controls(n: int = 3) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+def with_morph_network(seed: int = 0, morph_seed: int = 7) -> CellFluxModel:
+    model = tiny_model(seed)
+    model.morph, model.morph_step = randomize(UNet(model.config), morph_seed).eval(), 30
+    return model
+
+
+def test_morph_mode_runs_the_morph_network_and_sample_mode_the_main_one():
+    model, x = with_morph_network(), controls()
+    alone = tiny_model()
+    alone.unet = copy.deepcopy(model.morph)  # the morph network as a model's only network
+    morph = api.generate(model, x, "colchicine", mode="morph", seed=2)
+    torch.testing.assert_close(morph.states, api.generate(alone, x, "colchicine", mode="morph", seed=2).states, rtol=0, atol=0)
+    main_only = tiny_model()
+    sample = api.generate(model, x, "colchicine", mode="sample", seed=2)
+    torch.testing.assert_close(sample.states, api.generate(main_only, x, "colchicine", mode="sample", seed=2).states,
+                               rtol=0, atol=0)
+    assert (morph.final - api.generate(main_only, x, "colchicine", mode="morph", seed=2).final).abs().mean() > 1e-3
+    assert morph.metadata["network"] == "morph" and sample.metadata["network"] == "main"
+    assert api.generate(main_only, x, "colchicine", mode="morph").metadata["network"] == "main"
+
+
+def test_model_file_keeps_the_morph_network_bit_for_bit(tmp_path):
+    model = with_morph_network()
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model_file(tmp_path / "m.safetensors")
+    assert loaded.morph_step == 30 and loaded.guide is None
+    for name, value in model.morph.state_dict().items():
+        assert torch.equal(value, loaded.morph.state_dict()[name]), name
+    assert not loaded.morph.training
+    meta = loaded.metadata()
+    assert meta["format_version"] == FORMAT_VERSION == 3 and meta["morph"] == {"step": 30}
+    x = controls()
+    torch.testing.assert_close(api.generate(loaded, x, "colchicine", mode="morph").states,
+                               api.generate(model, x, "colchicine", mode="morph").states, rtol=0, atol=0)
+    save_model(tiny_model(), tmp_path / "plain.safetensors")
+    plain = load_model_file(tmp_path / "plain.safetensors")
+    assert plain.morph is None and plain.morph_step is None and plain.metadata()["morph"] is None
+
+
+def test_a_morph_network_of_another_architecture_is_refused():
+    model = tiny_model()
+    with pytest.raises(InputError, match="morph network must have the model's own architecture"):
+        CellFluxModel(unet=model.unet, vocabulary=model.vocabulary, channels=model.channels, image_size=32,
+                      morph=UNet(replace(model.config, model_channels=64)))
+
+
+def test_a_file_with_a_damaged_morph_network_names_it(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    save_model(with_morph_network(), tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(tmp_path / "m.safetensors"))
+    first = next(k for k in tensors if k.startswith("morph."))
+    del tensors[first]
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match=r"\(morph network\): weights do not fit the UNet architecture: 1 missing"):
+        load_model_file(tmp_path / "cut.safetensors")
+
+
+def test_cli_info_names_the_morph_network(tmp_path, capsys):
+    save_model(with_morph_network(), tmp_path / "m.safetensors")
+    assert main(["info", str(tmp_path / "m.safetensors")]) == 0
+    assert "morph network: its own, trained on clean sources for 30 steps" in capsys.readouterr().out
