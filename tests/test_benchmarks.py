@@ -205,8 +205,9 @@ def test_recipes_measures_what_each_mode_does_to_controls_under_the_control(tmp_
     make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=8))
     still = api.load_model(DEMO, device="cpu")
     with torch.no_grad():
-        for p in still.unet.out[-1].parameters():
-            p.zero_()  # the velocity is 0 everywhere
+        for network in {still.network_for("sample"), still.network_for("morph")}:
+            for p in network.out[-1].parameters():
+                p.zero_()  # the velocity is 0 everywhere, in either mode
     save_model(still, tmp_path / "still.safetensors")
     rows = score_models([str(DEMO), str(tmp_path / "still.safetensors")], screen, guidances=[0.0])
     by = {(r["checkpoint"].endswith("still.safetensors"), r["mode"]): r["control_to_control"] for r in rows}
