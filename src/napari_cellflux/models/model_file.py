@@ -161,7 +161,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> "CellFluxModel":
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> CellFluxModel:
     """Read a model written by :func:`save_model` onto ``device``."""
     path = Path(path)
     if not path.is_file():
