@@ -15,12 +15,7 @@ from napari_cellflux import api
 from napari_cellflux.cli import main
 from napari_cellflux.core.unet import UNet
 from napari_cellflux.errors import InputError
-from napari_cellflux.models.model_file import (
-    FORMAT_VERSION,
-    CellFluxModel,
-    load_model_file,
-    save_model,
-)
+from napari_cellflux.models.model_file import FORMAT_VERSION, CellFluxModel, load_model_file, save_model
 
 
 def controls(n: int = 3) -> torch.Tensor:

@@ -246,10 +246,10 @@ def morph_network_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def attach_morph_network(path: Path, weights: UNet, step: int) -> str:
-    """Rewrite the model file at ``path`` with ``weights`` as its morph network; returns its sha256."""
+    """Rewrite the model file at ``path`` with ``weights`` as its morph network; returns its sha256.
+    The model is rebuilt, not patched, so CellFluxModel's checks (the same architecture) apply."""
     model = load_model_file(path)
-    model.morph, model.morph_step = copy.deepcopy(weights).cpu().eval(), step
-    return save_model(model, path)
+    return save_model(dataclasses.replace(model, morph=copy.deepcopy(weights).cpu(), morph_step=step), path)
 
 
 def remove_stale_parts(out: Path) -> None:
