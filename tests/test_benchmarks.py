@@ -287,3 +287,37 @@ def test_recipes_scores_each_autoguidance_in_sample_and_morph_once(tmp_path):
     assert [(r["mode"], r["autoguidance"]) for r in rows] == [("morph", 0.0), ("sample", 0.0), ("sample", 1.0)]
     assert rows[1]["seen"] != rows[2]["seen"]
     assert "| guided | sample | 0 | 1 | " in markdown(rows)
+
+
+def test_real_effects_pools_sets_and_scores_a_population_faithful_generator_on_each(tmp_path, capsys):
+    """Each set's ratio is its cells' own (as the evaluation pairs them); the pooled ratio weighs the
+    sets by their cells; a set drawn stronger than the pool gives the pool a share under 100%."""
+    from benchmarks.real_effects import main, measure_set, population_shares
+    from napari_cellflux.data.synthetic import SyntheticScreenConfig, make_synthetic_screen
+    from training import metrics as M
+    from training.evaluation.data import load_eval_data, load_pixels, select_cells
+
+    screen = tmp_path / "screen"
+    make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=20, cells_per_perturbation=20))
+    sets = {split: measure_set(screen, split) for split in ("test", "train")}
+    # the seen compounds' designed effects only (truth != 1), none of the held-out ones
+    assert "PP-2 cell_elongation" in sets["test"] and "PP-2 intensity_c0" not in sets["test"]
+    assert not any(key.startswith(("nocodazole", "demecolcine")) for key in sets["test"])
+    data = load_eval_data(screen)
+    selection = select_cells(data, split="test", seed=0)
+    index = selection.index("PP-2")
+    treated = M.measure_cells(load_pixels(data.table, selection.treated[index], data.shape))["cell_elongation"]
+    paired = M.measure_cells(load_pixels(data.table, selection.controls[index], data.shape))["cell_elongation"]
+    assert sets["test"]["PP-2 cell_elongation"]["ratio"] == pytest.approx(treated.mean() / paired.mean())
+    pooled, shares = population_shares(sets)
+    for key, ratio in pooled.items():
+        a, b = sets["test"][key]["ratio"], sets["train"][key]["ratio"]
+        assert min(a, b) - 1e-12 <= ratio <= max(a, b) + 1e-12
+        # the set further from 1 than the pool scores a perfect generator under 100%, the other over
+        stronger = "test" if abs(a - 1) > abs(b - 1) else "train"
+        assert shares[stronger][key] <= 1 + 1e-12
+    assert main(["--sets", f"{screen}:test", f"{screen}:validation", "--out", str(tmp_path / "r.json")]) == 2
+    assert "give SCREEN:SPLIT with SPLIT one of" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+    assert main(["--sets", f"{screen}:test", f"{screen}:train", "--out", str(tmp_path / "r.json")]) == 0
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["pooled_ratio"] == pytest.approx(pooled) and set(written["sets"]) == {f"{screen}:test", f"{screen}:train"}

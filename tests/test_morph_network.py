@@ -68,6 +68,26 @@ def test_a_morph_network_of_another_architecture_is_refused():
                       morph=UNet(replace(model.config, model_channels=64)))
 
 
+def test_attaching_a_morph_network_keeps_the_files_architecture(tmp_path):
+    """training.train.attach_morph_network: a network trained with another dropout (no weights)
+    is carried in the model's own config; one of another architecture is refused, the file kept."""
+    from training.train import attach_morph_network
+
+    model = tiny_model()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    other_dropout = UNet(replace(model.config, dropout=0.5))
+    attach_morph_network(path, other_dropout, 7)
+    loaded = load_model_file(path)
+    assert loaded.morph.config == loaded.config and loaded.morph_step == 7
+    for name, value in other_dropout.state_dict().items():
+        assert torch.equal(value, loaded.morph.state_dict()[name]), name
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="morph network must have the model's own architecture"):
+        attach_morph_network(path, UNet(replace(model.config, model_channels=64)), 7)
+    assert path.read_bytes() == before
+
+
 def test_a_file_with_a_damaged_morph_network_names_it(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

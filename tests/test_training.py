@@ -131,7 +131,7 @@ def test_the_morph_network_is_the_run_on_clean_sources_and_survives_resumes(scre
         return load_config("demo", tiny_overrides(screen, tmp_path / out, 4, **{"morph.steps": str(morph), **extra}))
 
     straight = api.load_model(train(cfg("a"), quiet=True).model_path)
-    assert straight.morph_step == 3 and straight.provenance["step"] == 4 and straight.training["morph"] == {"steps": 3}
+    assert straight.morph_step == 3 and straight.provenance["step"] == 4 and straight.training["morph"] == {"steps": 3, "dropout": None}
     assert (tmp_path / "a" / "morph" / STATE_FILE).is_file()
     main_only = weights(train(cfg("main", morph=0), quiet=True).ema.model)
     clean = weights(train(load_config("demo", tiny_overrides(screen, tmp_path / "clean", 3, **{"optim.noise_prob": "0"})),
@@ -148,6 +148,25 @@ def test_the_morph_network_is_the_run_on_clean_sources_and_survives_resumes(scre
             assert torch.equal(value, model.morph.state_dict()[name]), name
         for name, value in main_only.items():
             assert torch.equal(value, model.unet.state_dict()[name]), name
+
+
+def test_the_morph_run_may_drop_out_more_and_the_file_keeps_one_architecture(screen, tmp_path):
+    """morph.dropout is the morph run's dropout alone: its weights are a dropout run's, the main
+    network's are untouched, and the file's morph network has the model's own config (dropout has
+    no weights), so it loads as any model file does."""
+    def cfg(out: str, **extra: str):
+        return load_config("demo", tiny_overrides(screen, tmp_path / out, 3, **extra))
+
+    model = api.load_model(train(cfg("a", **{"morph.steps": "3", "morph.dropout": "0.5"}), quiet=True).model_path)
+    assert model.training["morph"] == {"steps": 3, "dropout": 0.5} and model.morph.config == model.config
+    assert model.config.dropout == 0.1  # the main run's, from tiny_overrides
+    dropped = weights(train(cfg("b", **{"optim.noise_prob": "0", "model.overrides.dropout": "0.5"}), quiet=True).ema.model)
+    plain = weights(train(cfg("c", **{"optim.noise_prob": "0"}), quiet=True).ema.model)
+    assert any(not torch.equal(v, plain[k]) for k, v in dropped.items())  # the dropout changed the run
+    for name, value in dropped.items():
+        assert torch.equal(value, model.morph.state_dict()[name]), name
+    with pytest.raises(InputError, match=r"morph.dropout must be in \[0, 1\) or null"):
+        cfg("d", **{"morph.dropout": "1.5"})
 
 
 def test_guide_step_that_cannot_be_kept_is_refused_or_noted(screen, tmp_path, capsys):

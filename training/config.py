@@ -143,13 +143,18 @@ class MorphNetworkConfig:
     """A second network for morph mode alone (docs/modes.md, A network for each mode): after the
     main run, the same config trained again from the same start on clean-source batches only
     (optim.noise_prob 0, no guide) for ``steps`` steps in run.out/morph; the model file then
-    carries it as its morph network. 0 = none: morph runs the main network."""
+    carries it as its morph network. 0 = none: morph runs the main network. ``dropout``: the
+    morph run's (None: model.overrides' own); it has no weights, so the file's morph network keeps
+    the model's architecture."""
 
     steps: int = 0
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise InputError(f"morph.steps must be >= 0, got {self.steps}; 0 trains no morph network")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"morph.dropout must be in [0, 1) or null (the model's own), got {self.dropout}")
 
 
 @dataclass

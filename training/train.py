@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import csv
 import dataclasses
 import json
@@ -242,14 +241,22 @@ def morph_network_config(cfg: TrainConfig) -> TrainConfig:
     run.out/morph."""
     optim = dataclasses.replace(cfg.optim, steps=cfg.morph.steps, epochs=None, noise_prob=0.0, guide_step=None)
     run = dataclasses.replace(cfg.run, out=str(Path(cfg.run.out) / MORPH_FOLDER))
-    return dataclasses.replace(cfg, optim=optim, run=run, morph=MorphNetworkConfig())
+    model = cfg.model if cfg.morph.dropout is None else dataclasses.replace(
+        cfg.model, overrides={**cfg.model.overrides, "dropout": cfg.morph.dropout})
+    return dataclasses.replace(cfg, model=model, optim=optim, run=run, morph=MorphNetworkConfig())
 
 
 def attach_morph_network(path: Path, weights: UNet, step: int) -> str:
     """Rewrite the model file at ``path`` with ``weights`` as its morph network; returns its sha256.
-    The model is rebuilt, not patched, so CellFluxModel's checks (the same architecture) apply."""
+    The weights must fit the model's architecture in all but dropout (``morph.dropout`` may differ
+    from the main run's and has no weights); they go into a network of the model's own config, and
+    the model is rebuilt, not patched."""
     model = load_model_file(path)
-    return save_model(dataclasses.replace(model, morph=copy.deepcopy(weights).cpu(), morph_step=step), path)
+    if dataclasses.replace(weights.config, dropout=model.config.dropout) != model.config:
+        raise InputError(f"{path}: the morph network must have the model's own architecture (trained with the same config)")
+    network = UNet(model.config)
+    network.load_state_dict({k: v.detach().cpu() for k, v in weights.state_dict().items()})
+    return save_model(dataclasses.replace(model, morph=network, morph_step=step), path)
 
 
 def remove_stale_parts(out: Path) -> None:
