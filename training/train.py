@@ -255,7 +255,7 @@ def attach_morph_network(path: Path, weights: UNet, step: int) -> str:
     if dataclasses.replace(weights.config, dropout=model.config.dropout) != model.config:
         raise InputError(f"{path}: the morph network must have the model's own architecture (trained with the same config)")
     network = UNet(model.config)
-    network.load_state_dict({k: v.detach().cpu() for k, v in weights.state_dict().items()})
+    network.load_state_dict(weights.state_dict())  # copies onto the new CPU network
     return save_model(dataclasses.replace(model, morph=network, morph_step=step), path)
 
 
