@@ -66,6 +66,11 @@ def test_a_morph_network_of_another_architecture_is_refused():
     with pytest.raises(InputError, match="morph network must have the model's own architecture"):
         CellFluxModel(unet=model.unet, vocabulary=model.vocabulary, channels=model.channels, image_size=32,
                       morph=UNet(replace(model.config, model_channels=64)))
+    # dropout has no weights: a morph network trained with its own (morph.dropout) fits
+    other_dropout = UNet(replace(model.config, dropout=model.config.dropout + 0.1))
+    kept = CellFluxModel(unet=model.unet, vocabulary=model.vocabulary, channels=model.channels, image_size=32,
+                         morph=other_dropout)
+    assert kept.network_for("morph") is other_dropout
 
 
 def test_attaching_a_morph_network_keeps_the_files_architecture(tmp_path):

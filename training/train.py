@@ -252,7 +252,7 @@ def attach_morph_network(path: Path, weights: UNet, step: int) -> str:
     from the main run's and has no weights); they go into a network of the model's own config, and
     the model is rebuilt, not patched."""
     model = load_model_file(path)
-    if dataclasses.replace(weights.config, dropout=model.config.dropout) != model.config:
+    if not model.config.fits_weights_of(weights.config):
         raise InputError(f"{path}: the morph network must have the model's own architecture (trained with the same config)")
     network = UNet(model.config)
     network.load_state_dict(weights.state_dict())  # copies onto the new CPU network

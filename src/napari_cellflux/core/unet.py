@@ -103,6 +103,11 @@ class UNetConfig:
         """Images must have a side divisible by this (one halving per level but the last)."""
         return 2 ** (len(self.channel_mult) - 1)
 
+    def fits_weights_of(self, other: UNetConfig) -> bool:
+        """Whether a network of this config takes the weights of one of ``other``'s: the same in
+        all but dropout, which has no weights (a morph run may use its own, ``morph.dropout``)."""
+        return replace(other, dropout=self.dropout) == self
+
     def heads_for(self, channels: int) -> int:
         return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
 

@@ -90,7 +90,7 @@ class CellFluxModel:
         self.unet.eval()
         for name, network in (("guide", self.guide), ("morph", self.morph)):
             if network is not None:
-                if network.config != cfg:
+                if not cfg.fits_weights_of(network.config):
                     raise InputError(f"the {name} network must have the model's own architecture (trained with the same config)")
                 network.eval()
 
