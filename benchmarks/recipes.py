@@ -3,7 +3,8 @@ effect / real effect of each seen compound's designed feature) for several model
 modes and at several guidances, on one screen, with the real and control cells measured once.
 
     python -m benchmarks.recipes --checkpoints A.safetensors B.safetensors [--screen runs/modes/screen_5x]
-        [--guidance 0.1 0.2] [--autoguidance 0 1.5] [--noise-level L] [--steps S] [--modes sample morph]
+        [--guidance 0.1 0.2] [--autoguidance 0 1.5] [--morph-main-share 0 0.15] [--noise-level L] [--steps S]
+        [--modes sample morph]
         [--split test] [--cells N] [--out benchmarks/results/recipes.json]
 
 The goal it scores (issue 14): every share within 10% of the real cells' (0.9-1.1) in both modes.
@@ -49,12 +50,14 @@ WITHIN = 0.10  # the goal: every share within 10% of the real cells'
 def score_models(checkpoints: list[str], screen: Path, guidances: list[float | None], seed: int = 0,
                  noise_level: float | None = None, modes: tuple[str, ...] = MODE_NAMES,
                  steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,),
-                 split: str = "test", cells: int | None = None) -> list[dict]:
+                 split: str = "test", cells: int | None = None,
+                 main_shares: tuple[float | None, ...] = (None,)) -> list[dict]:
     """One row per model, mode, guidance and autoguidance: the seen compounds' shares, the unseen
     ones', and fibre coherence generated / real. A guidance of None is the model's own for the
     mode (``SamplingConfig.for_mode``). ``noise_level`` replaces each model's own for
     ``sample`` (``morph`` starts from the clean controls whatever it is), and so does each of
     ``autoguidances`` (None: the model's own; ``morph`` runs without, so once);
+    Each of ``main_shares`` is a ``morph`` row (None: the model's own ``morph_main_share``).
     ``steps`` replaces each model's solver steps. ``split`` and ``cells``: the cells scored (as
     ``training.evaluate``'s ``--split`` and ``--n-cells``)."""
     from training import metrics as M
@@ -82,10 +85,11 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
     for path, model in models.items():
         condition = check_model(model, data, selection, Path(path))
         for mode in modes:
-            settings = [(g, a) for g in guidances for a in (autoguidances[:1] if mode == "morph" else autoguidances)]
-            for guidance, autoguidance in settings:
+            settings = [(g, None, s) for g in guidances for s in main_shares] if mode == "morph" else [
+                (g, a, None) for g in guidances for a in autoguidances]
+            for guidance, autoguidance, share in settings:
                 sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level, steps=steps,
-                                                          autoguidance=autoguidance).for_mode(mode)
+                                                          autoguidance=autoguidance, morph_main_share=share).for_mode(mode)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
@@ -105,6 +109,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
+                    "morph_main_share": sampling.morph_main_share if model.morph is not None else 0.0,
                     "steps": sampling.steps, "split": split, "seen": seen, "real_interval": interval,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
@@ -117,7 +122,8 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                     "fibres_control_gain_real": float(real_origin[:, 0].mean()),
                     "fibres_new_over_real": float(origin[:, 1].mean() / real_origin[:, 1].mean()),
                 })
-                print(f"{path} {mode} guidance {sampling.guidance:g} autoguidance {sampling.autoguidance:g}: "
+                print(f"{path} {mode} guidance {sampling.guidance:g} autoguidance {sampling.autoguidance:g} "
+                      f"main share {sampling.morph_main_share:g}: "
                       f"{rows[-1]['within']} of {len(seen)} within 10%",
                       file=sys.stderr, flush=True)
     return rows
@@ -146,7 +152,8 @@ def markdown(rows: list[dict]) -> str:
     def label(r: dict) -> str:
         path = Path(r["checkpoint"])
         name = path.parent.name if path.stem == "model" else path.stem
-        return f"| {name} | {r['mode']} | {r['guidance']:g} | {r.get('autoguidance', 0):g} | "
+        mode = r["mode"] + (f" ({r['morph_main_share']:g} main)" if r.get("morph_main_share") else "")
+        return f"| {name} | {mode} | {r['guidance']:g} | {r.get('autoguidance', 0):g} | "
 
     effects = list(rows[0]["seen"])
     lines = ["| model | mode | guidance | autoguidance | " + " | ".join(effects)
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="guidance values, each a row in both modes (default: each model's own in each mode)")
     p.add_argument("--autoguidance", type=float, nargs="+", default=[None],
                    help="sample mode's autoguidance values, each a row (default: each model's own; morph runs without)")
+    p.add_argument("--morph-main-share", type=float, nargs="+", default=[None],
+                   help="morph mode's share of the main network's velocity, each a row (default: each model's own)")
     p.add_argument("--noise-level", type=float, default=None,
                    help="sample mode's noise level for every model (default: each model's own)")
     p.add_argument("--steps", type=int, default=None,
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         rows = score_models(args.checkpoints, args.screen, args.guidance, noise_level=args.noise_level,
                             modes=tuple(args.modes), steps=args.steps, autoguidances=tuple(args.autoguidance),
-                            split=args.split, cells=args.cells)
+                            split=args.split, cells=args.cells, main_shares=tuple(args.morph_main_share))
         C.write_json(args.out, {
             "command": " ".join(["python -m benchmarks.recipes", *(sys.argv[1:] if argv is None else argv)]),
             "screen": str(args.screen), "rows": rows, "environment": C.environment(torch.device("cpu")),

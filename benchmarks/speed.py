@@ -72,7 +72,7 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
              perturbation: str | None, solvers: tuple[str, ...] = ("euler", "heun", "midpoint")) -> dict:
     """(a) 16 cells x 20 network evaluations of the demo model on the CPU, as the widget runs
     them (all states kept for the t slider): median seconds per variant and solver, and for the
-    model's own sampler in each mode (sample with its autoguidance, morph without)."""
+    model's own sampler in each mode (sample with its autoguidance, morph with its main-network share)."""
     device = torch.device("cpu")
     model.to(device)
     name = C.pick_perturbation(model, perturbation)
@@ -91,7 +91,8 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
     for mode in MODE_NAMES:
         own = model.sampling.for_mode(mode)
         label = f"own_{own.solver}_{own.grid}_{own.steps}_guidance_{own.guidance:g}" + (
-            f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "")
+            f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "") + (
+            f"_main_share_{own.morph_main_share:g}" if own.morph_main_share and model.morph is not None else "")
         samplings[label, mode] = own
     rows = []
     for variant in variants(device, compile_modes):
@@ -105,7 +106,8 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
                 continue
             rows.append({
                 "variant": variant.name, "description": variant.description, "sampling": label, "mode": mode,
-                "network_evaluations": sampling.evaluations, "networks": 2 if sampling.autoguidance else 1,
+                "network_evaluations": sampling.evaluations, "networks": 1 + bool(sampling.autoguidance) + bool(
+                    mode == "morph" and sampling.morph_main_share and model.morph is not None),
                 "median_s": median, "times_s": times,
                 "meets_1s_target": median < 1.0,
             })

@@ -142,10 +142,16 @@ def test_recipes_scores_each_model_as_the_modes_benchmark_does(tmp_path):
 
     screen = tmp_path / "screen"
     make_synthetic_screen(screen, SyntheticScreenConfig(batches=2, controls_per_batch=12, cells_per_perturbation=20))
-    # no guidance given: each mode at the demo's own (which differ), as evaluate_mode runs it
-    own = {mode: api.load_model(DEMO).sampling.for_mode(mode).guidance for mode in ("morph", "sample")}
+    # nothing given: each mode with the demo's own settings (which differ), as evaluate_mode runs it
+    own = {mode: (s.guidance, s.morph_main_share) for mode in ("morph", "sample")
+           for s in [api.load_model(DEMO).sampling.for_mode(mode)]}
     rows = score_models([str(DEMO)], screen, guidances=[None])
-    assert [(r["mode"], r["guidance"]) for r in rows] == list(own.items()) and own["morph"] != own["sample"]
+    assert [(r["mode"], (r["guidance"], r["morph_main_share"])) for r in rows] == list(own.items())
+    assert own["morph"] != own["sample"]
+    # --morph-main-share 0: morph by the morph network alone, a row of its own
+    [alone] = score_models([str(DEMO)], screen, guidances=[None], modes=("morph",), main_shares=(0.0,))
+    assert alone["morph_main_share"] == 0.0 and alone["seen"] != rows[0]["seen"]
+    assert "| demo | morph (0.15 main) |" in markdown(rows) and "| demo | morph |" in markdown([alone])
     for row in rows:
         # the same cells, measured once here and once per mode there: the same shares
         expected = {f"{e['perturbation']} {e['feature']}": e[f"{row['mode']}_recovered"] for e in

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,9 @@ from napari_cellflux import api
 from napari_cellflux.cli import main
 from napari_cellflux.core.unet import UNet
 from napari_cellflux.errors import InputError
+from napari_cellflux.core.flow import share_mix
 from napari_cellflux.models.model_file import FORMAT_VERSION, CellFluxModel, load_model_file, save_model
+from napari_cellflux.settings import SamplingConfig
 
 
 def controls(n: int = 3) -> torch.Tensor:
@@ -52,7 +55,7 @@ def test_model_file_keeps_the_morph_network_bit_for_bit(tmp_path):
         assert torch.equal(value, loaded.morph.state_dict()[name]), name
     assert not loaded.morph.training
     meta = loaded.metadata()
-    assert meta["format_version"] == FORMAT_VERSION == 3 and meta["morph"] == {"step": 30}
+    assert meta["format_version"] == FORMAT_VERSION == 4 and meta["morph"] == {"step": 30}
     x = controls()
     torch.testing.assert_close(api.generate(loaded, x, "colchicine", mode="morph").states,
                                api.generate(model, x, "colchicine", mode="morph").states, rtol=0, atol=0)
@@ -112,3 +115,55 @@ def test_cli_info_names_the_morph_network(tmp_path, capsys):
     save_model(with_morph_network(), tmp_path / "m.safetensors")
     assert main(["info", str(tmp_path / "m.safetensors")]) == 0
     assert "morph network: its own, trained on clean sources for 30 steps" in capsys.readouterr().out
+
+
+def test_share_mix_is_the_convex_mix_of_two_velocities():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(share_mix(a, b, 0.0), a)
+    torch.testing.assert_close(share_mix(a, b, 1.0), b)
+    torch.testing.assert_close(share_mix(a, b, 0.25), 0.75 * a + 0.25 * b)
+
+
+def test_morph_mixes_in_the_main_networks_velocity_by_its_share():
+    model, x = with_morph_network(), controls()
+    model.sampling = replace(model.sampling, solver="euler", grid="uniform", steps=1, guidance=0.3)
+    alone = api.generate(model, x, "colchicine", mode="morph", seed=2)
+    main_only = tiny_model()
+    main_only.sampling = model.sampling
+    on_main = api.generate(main_only, x, "colchicine", mode="morph", seed=2)
+    share = replace(model.sampling, morph_main_share=0.25)
+    mixed = api.generate(model, x, "colchicine", sampling=share, mode="morph", seed=2)
+    # one Euler step from the same start: the step is the mix of the two guided velocities
+    torch.testing.assert_close(mixed.final - x, 0.75 * (alone.final - x) + 0.25 * (on_main.final - x), rtol=1e-5, atol=1e-6)
+    assert mixed.metadata["morph_main_share"] == 0.25 and alone.metadata["morph_main_share"] == 0.0
+    # sample never mixes, and a model without a morph network has nothing to mix with
+    torch.testing.assert_close(api.generate(model, x, "colchicine", sampling=share, mode="sample", seed=2).states,
+                               api.generate(model, x, "colchicine", mode="sample", seed=2).states, rtol=0, atol=0)
+    plain = api.generate(main_only, x, "colchicine", sampling=share, mode="morph", seed=2)
+    torch.testing.assert_close(plain.states, on_main.states, rtol=0, atol=0)
+    assert plain.metadata["morph_main_share"] == 0.0
+
+
+def test_morph_main_share_is_checked_kept_in_the_file_and_sample_runs_without_it(tmp_path):
+    for bad in (-0.1, 1.5, True, "half"):
+        with pytest.raises(InputError, match="morph_main_share must be between 0 and 1"):
+            SamplingConfig(morph_main_share=bad)
+    sampling = SamplingConfig(morph_main_share=0.15)
+    assert sampling.for_mode("morph").morph_main_share == 0.15 and sampling.for_mode("sample").morph_main_share == 0.0
+    assert sampling.with_overrides(morph_main_share=0.0).morph_main_share == 0.0
+    model = with_morph_network()
+    model.sampling = sampling
+    save_model(model, tmp_path / "m.safetensors")
+    assert load_model_file(tmp_path / "m.safetensors").sampling.morph_main_share == 0.15
+    # a version 3 file, from before the share: its morph runs the morph network alone
+    from safetensors.torch import save_file
+
+    meta = model.metadata()
+    meta["format_version"] = 3
+    del meta["sampling"]["morph_main_share"]
+    tensors = {f"{prefix}.{k}": v.contiguous() for prefix, network in (("unet", model.unet), ("morph", model.morph))
+               for k, v in network.state_dict().items()}
+    tensors["vocabulary.embeddings"] = model.vocabulary.embeddings
+    save_file(tensors, str(tmp_path / "v3.safetensors"), metadata={"cellflux": json.dumps(meta)})
+    old = load_model_file(tmp_path / "v3.safetensors")
+    assert old.morph is not None and old.sampling.morph_main_share == 0.0

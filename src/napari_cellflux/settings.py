@@ -103,6 +103,13 @@ class SamplingConfig:
     sample's (None = ``guidance``). From the clean control a morph carries each cell's own detail
     and needs less push than a sample drawn from noise (docs/modes.md); a guidance the user gives
     applies in both modes (:meth:`with_overrides`).
+
+    morph_main_share s: where the model file carries a morph network, morph's velocity is
+    (1 - s) x the morph network's + s x the main network's, each guided alike. Both are trained
+    on clean-source batches; the main one, trained beside sample's noised batches too, keeps more
+    of the control's fibres, so a small share gives back the texture changes the morph network
+    falls short of (docs/modes.md). 0 = the morph network alone; each evaluation then runs one
+    network instead of two.
     """
 
     solver: str = "heun"
@@ -112,6 +119,7 @@ class SamplingConfig:
     noise_level: float = 0.5
     autoguidance: float = 0.0
     morph_guidance: float | None = None
+    morph_main_share: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "solver", canonical_solver(self.solver))
@@ -123,6 +131,9 @@ class SamplingConfig:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be >= 0 and finite (0 = none), got {value!r}")
+        share = self.morph_main_share
+        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise InputError(f"morph_main_share must be between 0 and 1 (0 = the morph network alone), got {share!r}")
 
     @property
     def evaluations(self) -> int:
@@ -145,10 +156,11 @@ class SamplingConfig:
         """The settings a run in ``mode`` integrates with: morph from the clean control (noise
         level 0 and no autoguidance, whatever these settings say: the control's own fine detail
         is there from the start, and extrapolating away from the guide only exaggerates it,
-        docs/modes.md) at its morph_guidance, sample with these settings as they are. The result
-        has no morph_guidance: its guidance is the one the run uses."""
+        docs/modes.md) at its morph_guidance and morph_main_share, sample with these settings as
+        they are but without the morph share. The result has no morph_guidance: its guidance is
+        the one the run uses."""
         if check_mode(mode) == "sample":
-            return replace(self, morph_guidance=None)
+            return replace(self, morph_guidance=None, morph_main_share=0.0)
         guidance = self.guidance if self.morph_guidance is None else self.morph_guidance
         return replace(self, guidance=guidance, noise_level=0.0, autoguidance=0.0, morph_guidance=None)
 

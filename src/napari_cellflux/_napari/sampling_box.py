@@ -59,7 +59,8 @@ SAMPLING_TIPS = {
     "device": "Where the network runs: auto takes a CUDA GPU, else Apple MPS, else the CPU",
 }
 MORPH_NOISE_TIP = "Morph mode starts from the clean control cells (noise level 0); choose sample treated cells to set it"
-MORPH_AUTOGUIDANCE_TIP = ("Morph mode runs without autoguidance: the controls' own fine detail is there from the start; "
+MORPH_AUTOGUIDANCE_TIP = ("Morph mode runs without autoguidance: the controls' own fine detail is there from the start "
+                          "(a model with a morph network mixes in the share of its main network the file recommends); "
                           "choose sample treated cells to set it")
 NO_GUIDE_TIP = "This model file carries no guide network, so it samples without autoguidance"
 

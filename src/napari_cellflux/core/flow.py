@@ -78,9 +78,14 @@ def autoguidance_mix(v_model: torch.Tensor, v_guide: torch.Tensor, autoguidance:
     return (1 + autoguidance) * v_model - autoguidance * v_guide
 
 
+def share_mix(v_own: torch.Tensor, v_partner: torch.Tensor, share: float) -> torch.Tensor:
+    """Two networks' estimates of one velocity field, mixed: v = (1 - s) v_own + s v_partner."""
+    return (1 - share) * v_own + share * v_partner
+
+
 def network_velocity(
     network, cond: torch.Tensor | None, guidance: float = 0.0, *, batched: bool = True, source_noise: float | None = None,
-    guide=None, autoguidance: float = 0.0,
+    guide=None, autoguidance: float = 0.0, partner=None, partner_share: float = 0.0,
 ) -> Velocity:
     """The sampling velocity of ``network(x, t, cond, cond_mask, source_noise)`` for a (N, D) condition.
 
@@ -90,12 +95,25 @@ def network_velocity(
     ``source_noise``: the noise level of x_init, for a network that conditions on it (else None).
     ``guide``: a network called like ``network`` that, with ``autoguidance`` a > 0, the velocity
     is pushed away from (:func:`autoguidance_mix`), each side classifier-free guided alike.
+    ``partner``: another network trained for the same velocity that, with ``partner_share`` s > 0,
+    is mixed in (:func:`share_mix`; morph's morph and main networks), guided alike.
     """
     own = _guided_velocity(network, cond, guidance, batched, source_noise)
-    if guide is None or autoguidance == 0:
-        return own
-    bad = _guided_velocity(guide, cond, guidance, batched, source_noise)
+    if guide is not None and autoguidance:
+        bad = _guided_velocity(guide, cond, guidance, batched, source_noise)
+        own = _autoguided(own, bad, autoguidance)
+    if partner is not None and partner_share:
+        other = _guided_velocity(partner, cond, guidance, batched, source_noise)
+        own = _shared(own, other, partner_share)
+    return own
+
+
+def _autoguided(own: Velocity, bad: Velocity, autoguidance: float) -> Velocity:
     return lambda x, t: autoguidance_mix(own(x, t), bad(x, t), autoguidance)
+
+
+def _shared(own: Velocity, other: Velocity, share: float) -> Velocity:
+    return lambda x, t: share_mix(own(x, t), other(x, t), share)
 
 
 def _guided_velocity(network, cond: torch.Tensor | None, guidance: float, batched: bool, source_noise: float | None) -> Velocity:

@@ -144,8 +144,9 @@ def generate(
     (unconditional). sampling: solver, grid, steps, guidance, noise level, autoguidance (default:
     the model's). mode (settings.MODES): "sample" integrates from control + noise_level x noise, the
     paper's sampling; "morph" from the clean control (noise level 0 and no autoguidance whatever
-    ``sampling`` says; with the model file's morph network where it carries one, ``model.network_for``),
-    so each cell changes continuously from itself. The metadata records the mode and the noise
+    ``sampling`` says; with the model file's morph network where it carries one, ``model.network_for``,
+    and ``sampling.morph_main_share`` of the main network's velocity), so each cell changes
+    continuously from itself. The metadata records the mode and the noise
     level used. seed fixes the noise, drawn on the CPU so results agree across devices.
     Cells are processed ``batch_size`` at a time; ``cancel()`` is polled after every step.
     speed: precision, memory layout, compilation, batched guidance, images per forward
@@ -173,10 +174,14 @@ def generate(
     set_memory_format(own_network, channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     network = fast_network(own_network, device, dtype, compiled, plan.images_per_forward)
-    guide = None
+    guide = partner = None
     if sampling.autoguidance:
         set_memory_format(model.guide, channels_last)
         guide = fast_network(model.guide, device, dtype, compiled, plan.images_per_forward)
+    partner_share = sampling.morph_main_share if own_network is not model.unet else 0.0
+    if partner_share:  # morph by its own network with a share of the main one's velocity
+        set_memory_format(model.unet, channels_last)
+        partner = fast_network(model.unet, device, dtype, compiled, plan.images_per_forward)
     grid = time_grid(sampling.grid, sampling.steps)
     step = solver(sampling.solver)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
@@ -199,7 +204,8 @@ def generate(
             control = x[start:start + batch_size].to(device)
             c = None if cond is None else cond.to(device).expand(len(control), -1)
             velocity = network_velocity(network, c, sampling.guidance, batched=speed.batch_guidance,
-                                        source_noise=source_noise, guide=guide, autoguidance=sampling.autoguidance)
+                                        source_noise=source_noise, guide=guide, autoguidance=sampling.autoguidance,
+                                        partner=partner, partner_share=partner_share)
             start_state = x_init(control, noise[start:start + batch_size].to(device), sampling.noise_level)
             start_state = start_state.contiguous(memory_format=memory_format)
             states = integrate(step, velocity, start_state, grid, after_step, keep_all=not final_only)
@@ -211,6 +217,7 @@ def generate(
         "network": "morph" if own_network is model.morph else "main",
         "seed": seed,
         **sampling.to_dict(),
+        "morph_main_share": partner_share,  # what ran: 0 where morph ran the main network itself
         "network_evaluations": sampling.evaluations,
         "precision": precision_name(dtype),
         "channels_last": channels_last,

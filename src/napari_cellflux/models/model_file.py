@@ -30,9 +30,9 @@ from napari_cellflux.models.vocabulary import Vocabulary
 from napari_cellflux.settings import SamplingConfig
 
 FORMAT = "napari-cellflux"
-# 2: sampling.autoguidance and the optional guide network; 3: the optional morph network. Older
-# versions are read as before (without what they lack).
-FORMAT_VERSION = 3
+# 2: sampling.autoguidance and the optional guide network; 3: the optional morph network;
+# 4: sampling.morph_main_share. Older versions are read as before (without what they lack).
+FORMAT_VERSION = 4
 
 
 @dataclass

@@ -142,7 +142,7 @@ def _authors_model(dataset: str, embeddings: RemoteFile | None, kind: str, descr
 
 
 REGISTRY: tuple[ZooEntry, ...] = (
-    BundledModel("demo", "demo.safetensors", sha256="e521a8ea9b241898dcf616800b709ddc2b1705011276d2841038bb69b29afa3e",
+    BundledModel("demo", "demo.safetensors", sha256="7dad085e497fa218c77cbdd56adff316d15571062a100e945cbe5dd20e05aed3",
                  description="demo model (0.73M parameters + its autoguidance guide and morph network, 3 channels, 32 px) trained on the five-times synthetic screen; python -m training.train --config demo"),
     _authors_model(
         "bbbc021", RemoteFile("embeddings/bbbc021/csv/emb_fp.csv", IMPA_BBBC021_BASE, sha256=EMB_FP_SHA256,
