@@ -52,12 +52,12 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                  steps: int | None = None, autoguidances: tuple[float | None, ...] = (None,),
                  split: str = "test", cells: int | None = None,
                  main_shares: tuple[float | None, ...] = (None,)) -> list[dict]:
-    """One row per model, mode, guidance and autoguidance: the seen compounds' shares, the unseen
+    """One row per model, mode, guidance and autoguidance or main share: the seen compounds' shares, the unseen
     ones', and fibre coherence generated / real. A guidance of None is the model's own for the
     mode (``SamplingConfig.for_mode``). ``noise_level`` replaces each model's own for
     ``sample`` (``morph`` starts from the clean controls whatever it is), and so does each of
-    ``autoguidances`` (None: the model's own; ``morph`` runs without, so once);
-    Each of ``main_shares`` is a ``morph`` row (None: the model's own ``morph_main_share``).
+    ``autoguidances`` (None: the model's own; ``morph`` runs without, so once), and each of
+    ``main_shares`` is a ``morph`` row (None: the model's own ``morph_main_share``).
     ``steps`` replaces each model's solver steps. ``split`` and ``cells``: the cells scored (as
     ``training.evaluate``'s ``--split`` and ``--n-cells``)."""
     from training import metrics as M
@@ -109,7 +109,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
-                    "morph_main_share": sampling.morph_main_share if model.morph is not None else 0.0,
+                    "morph_main_share": model.main_share_for(mode, sampling),
                     "steps": sampling.steps, "split": split, "seen": seen, "real_interval": interval,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),

@@ -92,7 +92,7 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
         own = model.sampling.for_mode(mode)
         label = f"own_{own.solver}_{own.grid}_{own.steps}_guidance_{own.guidance:g}" + (
             f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "") + (
-            f"_main_share_{own.morph_main_share:g}" if own.morph_main_share and model.morph is not None else "")
+            f"_main_share_{model.main_share_for(mode, own):g}" if model.main_share_for(mode, own) else "")
         samplings[label, mode] = own
     rows = []
     for variant in variants(device, compile_modes):
@@ -106,8 +106,7 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
                 continue
             rows.append({
                 "variant": variant.name, "description": variant.description, "sampling": label, "mode": mode,
-                "network_evaluations": sampling.evaluations, "networks": 1 + bool(sampling.autoguidance) + bool(
-                    mode == "morph" and sampling.morph_main_share and model.morph is not None),
+                "network_evaluations": sampling.evaluations, "networks": 1 + bool(sampling.autoguidance) + bool(model.main_share_for(mode, sampling)),
                 "median_s": median, "times_s": times,
                 "meets_1s_target": median < 1.0,
             })

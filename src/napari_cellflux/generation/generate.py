@@ -178,7 +178,7 @@ def generate(
     if sampling.autoguidance:
         set_memory_format(model.guide, channels_last)
         guide = fast_network(model.guide, device, dtype, compiled, plan.images_per_forward)
-    partner_share = sampling.morph_main_share if own_network is not model.unet else 0.0
+    partner_share = model.main_share_for(mode, sampling)
     if partner_share:  # morph by its own network with a share of the main one's velocity
         set_memory_format(model.unet, channels_last)
         partner = fast_network(model.unet, device, dtype, compiled, plan.images_per_forward)

@@ -106,6 +106,11 @@ class CellFluxModel:
         """The network ``mode`` (settings.MODES) runs: morph's own where the file carries one."""
         return self.morph if mode == "morph" and self.morph is not None else self.unet
 
+    def main_share_for(self, mode: str, sampling: SamplingConfig) -> float:
+        """The share of the main network's velocity a run in ``mode`` mixes into the morph
+        network's: ``sampling.morph_main_share`` where morph runs the file's morph network, else 0."""
+        return sampling.morph_main_share if mode == "morph" and self.morph is not None else 0.0
+
     def to(self, device: str | torch.device) -> "CellFluxModel":
         for network in (self.unet, self.guide, self.morph):
             if network is not None:
