@@ -90,6 +90,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
             for guidance, autoguidance, share in settings:
                 sampling = model.sampling.with_overrides(guidance=guidance, noise_level=noise_level, steps=steps,
                                                           autoguidance=autoguidance, morph_main_share=share).for_mode(mode)
+                main_share = model.main_share_for(mode, sampling)  # what the run mixes in (0 without a morph network)
                 generated = generate_cells(model, control_pixels, selection, condition, sampling, seed=seed,
                                            batch_size=64, precision="fp32", mode=mode)
                 result = score(selection, data, real, {"cellflux": measure(generated), "copy_control": copy}, None,
@@ -109,7 +110,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                 rows.append({
                     "checkpoint": path, "sha256": checkpoint_info(model, path)["sha256"], "mode": mode,
                     "guidance": sampling.guidance, "autoguidance": sampling.autoguidance, "noise_level": sampling.noise_level,
-                    "morph_main_share": model.main_share_for(mode, sampling),
+                    "morph_main_share": main_share,
                     "steps": sampling.steps, "split": split, "seen": seen, "real_interval": interval,
                     "unseen": {k: v for k, (group, v) in share.items() if group != "seen"},
                     "within": sum(abs(v - 1) <= WITHIN for v in seen.values()),
@@ -123,7 +124,7 @@ def score_models(checkpoints: list[str], screen: Path, guidances: list[float | N
                     "fibres_new_over_real": float(origin[:, 1].mean() / real_origin[:, 1].mean()),
                 })
                 print(f"{path} {mode} guidance {sampling.guidance:g} autoguidance {sampling.autoguidance:g} "
-                      f"main share {sampling.morph_main_share:g}: "
+                      f"main share {main_share:g}: "
                       f"{rows[-1]['within']} of {len(seen)} within 10%",
                       file=sys.stderr, flush=True)
     return rows

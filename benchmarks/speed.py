@@ -90,9 +90,9 @@ def cpu_demo(model, model_description: str, *, cells: int, nfe: int, repeats: in
     samplings = {k: v for k, v in samplings.items() if v.solver in solvers}
     for mode in MODE_NAMES:
         own = model.sampling.for_mode(mode)
+        share = model.main_share_for(mode, own)
         label = f"own_{own.solver}_{own.grid}_{own.steps}_guidance_{own.guidance:g}" + (
-            f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "") + (
-            f"_main_share_{model.main_share_for(mode, own):g}" if model.main_share_for(mode, own) else "")
+            f"_autoguidance_{own.autoguidance:g}" if own.autoguidance else "") + (f"_main_share_{share:g}" if share else "")
         samplings[label, mode] = own
     rows = []
     for variant in variants(device, compile_modes):
